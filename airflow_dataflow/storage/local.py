@@ -1,0 +1,456 @@
+"""Local POSIX storage: content store of read-only files, hardlinked snapshot trees.
+
+Layout (see :mod:`airflow_dataflow.core.location`):
+
+* each file's bytes are stored once, read-only, in ``_dataflow/objects/sha256/``;
+* each snapshot is ``_dataflow/<name>/snapshots/<digest>/`` with ``manifest.parquet``
+  and ``tree/``, a plain directory tree of hardlinks into the content store;
+* the dataset path ``<parent>/<name>`` is a relative symlink to HEAD's ``tree/``,
+  replaced atomically (a new symlink renamed over the old one): readers see the
+  old tree or the new one, never a mix, and old trees stay readable. The symlink
+  *is* HEAD: one rename moves it, so no second pointer can disagree;
+* an observed source (not owned) keeps HEAD in ``_dataflow/<name>/HEAD``;
+* HEAD moves under an exclusive ``flock`` on ``_dataflow/<name>/lock``, which the
+  kernel releases if the writer dies, so a killed commit never blocks the next.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from airflow_dataflow.core.commit import CommitRecord, valid_prefix
+from airflow_dataflow.core.hashing import digest_file
+from airflow_dataflow.core.location import DatasetLocation, file_uri
+from airflow_dataflow.core.manifest import Manifest
+from airflow_dataflow.core.paths import RESERVED_DIR, decode_name, inside
+from airflow_dataflow.core.statcache import StatCache
+from airflow_dataflow.exceptions import (
+    ConcurrentCommitError,
+    ManifestError,
+    ScanError,
+    SnapshotNotFoundError,
+    StorageError,
+)
+from airflow_dataflow.storage.base import Progress, ProgressFn, Storage
+
+LOCK_TIMEOUT_S = 60.0
+
+
+def _workers() -> int:
+    return max(2, min(32, (os.cpu_count() or 2) * 2))
+
+
+# ---------------------------------------------------------------------------------
+# scanning
+# ---------------------------------------------------------------------------------
+def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield (relpath, abspath, stat) of every regular file under ``root``.
+
+    Symlinks are followed when they resolve inside ``root`` and rejected when they
+    leave it; ``_dataflow`` folders (metadata) are skipped.
+    """
+    real_root = os.path.realpath(root)
+    seen_dirs = {real_root}
+    stack: list[tuple[bytes, str]] = [(os.fsencode(real_root), "")]
+    while stack:
+        dir_b, rel_dir = stack.pop()
+        where = os.fsdecode(dir_b)
+        try:
+            it = os.scandir(dir_b)
+        except PermissionError as err:
+            raise ScanError(f"cannot list directory {where!r}: permission denied; grant read access") from err
+        except OSError as err:
+            raise ScanError(f"cannot list directory {where!r}: {err.strerror}") from err
+        with it:
+            for entry in it:
+                name = decode_name(entry.name, where)
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                full = entry.path
+                try:
+                    if entry.is_symlink():
+                        target = os.path.realpath(full)
+                        target_s = os.fsdecode(target)
+                        if not inside(os.fsdecode(real_root), target_s):
+                            raise ScanError(
+                                f"symlink {os.fsdecode(full)!r} points to {target_s!r}, outside the scanned "
+                                f"root {root!r}; symlinks leaving a dataset are rejected: copy the file in "
+                                "or remove the link"
+                            )
+                        try:
+                            st = os.stat(target)
+                        except FileNotFoundError:
+                            raise ScanError(
+                                f"symlink {os.fsdecode(full)!r} is dangling (target {target_s!r} does not "
+                                "exist); remove or fix it"
+                            ) from None
+                        if stat.S_ISDIR(st.st_mode):
+                            if name == RESERVED_DIR or target in (os.fsencode(d) for d in seen_dirs):
+                                continue
+                            seen_dirs.add(target_s)
+                            stack.append((target, rel))
+                            continue
+                        full = target
+                    elif entry.is_dir(follow_symlinks=False):
+                        if name != RESERVED_DIR:
+                            stack.append((full, rel))
+                        continue
+                    else:
+                        st = entry.stat(follow_symlinks=False)
+                except PermissionError as err:
+                    raise ScanError(f"cannot stat {os.fsdecode(full)!r}: permission denied") from err
+                if not stat.S_ISREG(st.st_mode):
+                    raise ScanError(
+                        f"{os.fsdecode(full)!r} is not a regular file (a socket, FIFO or device); "
+                        "datasets hold regular files only: move it out of the directory"
+                    )
+                yield rel, os.fsdecode(full), st
+
+
+def _hash_one(path: str) -> str:
+    try:
+        return digest_file(path)
+    except PermissionError as err:
+        raise ScanError(f"cannot read {path!r}: permission denied; grant read access or remove the file") from err
+    except FileNotFoundError as err:
+        raise ScanError(f"{path!r} disappeared during the scan; rescan once writers are done") from err
+    except OSError as err:
+        raise ScanError(f"cannot read {path!r}: {err.strerror}") from err
+
+
+def scan_directory(
+    root: str,
+    *,
+    cache: StatCache | None = None,
+    progress: ProgressFn | None = None,
+    location_of: bool = True,
+    workers: int | None = None,
+) -> tuple[Manifest, StatCache]:
+    """Scan a local directory into a manifest, hashing only files the cache cannot vouch for.
+
+    :param root: directory to scan (a symlink to a directory is followed)
+    :param cache: stat cache of an earlier scan of the same directory
+    :param progress: receives a progress line every few seconds on long scans
+    :param location_of: fill ``location`` with each file's ``file://`` URI
+    :param workers: hashing threads (default: two per core)
+    :returns: the manifest and the stat cache to keep for the next scan
+    :raises ScanError: the directory is missing or a file cannot be read
+    """
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.lexists(root) else "is not a directory"
+        raise ScanError(f"cannot scan {root!r}: it {what}; check the path or URI")
+    cache = cache or StatCache()
+    start_ns = time.time_ns()
+    prog = Progress(f"scan {root}", progress)
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    digests: list[str | None] = []
+    locations: list[str] = []
+    new_entries: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+    todo: list[tuple[int, str]] = []
+    keys: list[tuple[int, int, int, int]] = []
+    for rel, full, st in _walk(root):
+        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        cached = cache.lookup(rel, key)
+        if cached is None:
+            todo.append((len(paths), full))
+        paths.append(rel)
+        sizes.append(st.st_size)
+        mtimes.append(st.st_mtime_ns)
+        digests.append(cached)
+        keys.append(key)
+        locations.append(full)
+        prog.tick(len(paths))
+
+    if todo:
+        hprog = Progress(f"hash {root}", progress)
+        total_bytes = 0
+        with ThreadPoolExecutor(max_workers=workers or _workers()) as pool:
+            for n, ((i, full), digest) in enumerate(
+                zip(todo, pool.map(_hash_one, [f for _, f in todo], chunksize=64), strict=True), 1
+            ):
+                digests[i] = digest
+                total_bytes += sizes[i]
+                hprog.tick(n, len(todo), total_bytes)
+    for i, rel in enumerate(paths):
+        new_entries[rel] = (keys[i], digests[i])  # type: ignore[assignment]
+    table = pa.table(
+        {
+            "path": paths,
+            "size": pa.array(sizes, pa.int64()),
+            "mtime_ns": pa.array(mtimes, pa.int64()),
+            "digest": digests,
+            "location": [file_uri(p) for p in locations] if location_of else pa.nulls(len(paths), pa.string()),
+        }
+    )
+    manifest = Manifest.from_table(table, where=root)
+    return manifest, StatCache(entries=new_entries, scan_start_ns=start_ns)
+
+
+def cached_scan(root: str, cache_file: str | None, progress: ProgressFn | None = None) -> Manifest:
+    """Scan ``root`` with a stat cache kept in ``cache_file`` (None: no cache)."""
+    cache = StatCache.load(cache_file) if cache_file else None
+    manifest, new_cache = scan_directory(root, cache=cache, progress=progress)
+    if cache_file:
+        try:
+            new_cache.save(cache_file)
+        except OSError:
+            pass  # a cache that cannot be written only costs time on the next scan
+    return manifest
+
+
+def user_cache_file(root: str) -> str:
+    """Return the stat cache file for scans of ``root`` outside any dataset."""
+    import hashlib
+
+    base = os.environ.get("DATAFLOW_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "airflow-dataflow"
+    )
+    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:24]
+    return os.path.join(base, "statcache", f"{key}.parquet")
+
+
+# ---------------------------------------------------------------------------------
+# the backend
+# ---------------------------------------------------------------------------------
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        from urllib.parse import unquote
+
+        return unquote(uri[len("file://") :])
+    return uri
+
+
+class LocalStorage(Storage):
+    """Datasets in local (or shared POSIX) directories."""
+
+    scheme = "file"
+
+    # -- paths ----------------------------------------------------------------------
+    @staticmethod
+    def _snap_dir(loc: DatasetLocation, digest: str) -> str:
+        return os.path.join(loc.meta, "snapshots", digest)
+
+    @staticmethod
+    def _head_file(loc: DatasetLocation) -> str:
+        return os.path.join(loc.meta, "HEAD")
+
+    # -- reading ----------------------------------------------------------------------
+    def scan(self, loc: DatasetLocation, *, progress: ProgressFn | None = None) -> Manifest:
+        """Scan the plain directory of ``loc``; the stat cache lives in its metadata folder."""
+        cache_file = os.path.join(loc.meta, "statcache.parquet")
+        if not self._writable_parent(loc.meta):
+            cache_file = user_cache_file(loc.path)
+        return cached_scan(loc.path, cache_file, progress)
+
+    @staticmethod
+    def _writable_parent(path: str) -> bool:
+        probe = path
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        return bool(probe) and os.access(probe, os.W_OK)
+
+    def read_head(self, loc: DatasetLocation) -> str | None:
+        """Return HEAD: the target of the dataset's symlink, or the HEAD file of a source."""
+        where = loc.path if loc.owned else self._head_file(loc)
+        try:
+            if loc.owned:
+                if os.path.lexists(loc.path) and not os.path.islink(loc.path):
+                    return None  # a plain directory nobody committed yet
+                digest = os.path.basename(os.path.dirname(os.readlink(loc.path)))
+            else:
+                with open(where, encoding="utf-8") as fh:
+                    digest = fh.read().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StorageError(f"cannot read HEAD of {loc.uri} at {where}: {err.strerror}") from err
+        if len(digest) != 64:
+            raise ManifestError(f"HEAD of {loc.uri} at {where} is corrupt ({digest[:80]!r})")
+        return digest
+
+    def read_manifest(self, loc: DatasetLocation, digest: str) -> Manifest:
+        path = os.path.join(self._snap_dir(loc, digest), "manifest.parquet")
+        if not os.path.exists(path):
+            raise SnapshotNotFoundError(f"{loc.uri}@{digest}: no such snapshot (no {path})")
+        manifest = Manifest.read(path)
+        if manifest.digest != digest:
+            raise ManifestError(f"manifest {path} hashes to {manifest.digest}, not {digest}: it is corrupt")
+        return manifest
+
+    def read_log(self, loc: DatasetLocation) -> list[CommitRecord]:
+        log_dir = os.path.join(loc.meta, "log")
+        try:
+            names = sorted(n for n in os.listdir(log_dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            path = os.path.join(log_dir, name)
+            with open(path, "rb") as fh:
+                out.append(CommitRecord.from_json(fh.read(), path))
+        return out
+
+    # -- writing ----------------------------------------------------------------------
+    def ingest(
+        self, loc: DatasetLocation, staging: str, manifest: Manifest, *, progress: ProgressFn | None = None
+    ) -> Manifest:
+        """Hardlink (or copy across filesystems) staged files into the content store.
+
+        A file whose digest is already stored is not stored again.
+        """
+        prog = Progress(f"store {loc.uri}", progress)
+        locations = []
+        for n, (rel, digest) in enumerate(
+            zip(manifest.table.column("path").to_pylist(), manifest.table.column("digest").to_pylist(), strict=True),
+            1,
+        ):
+            self._store_object(loc, os.path.join(staging, rel), digest)
+            locations.append(file_uri(loc.object_key(digest)))
+            prog.tick(n, len(manifest))
+        return manifest.with_columns(location=pa.array(locations, pa.string()))
+
+    def _store_object(self, loc: DatasetLocation, src: str, digest: str) -> None:
+        dst = loc.object_key(digest)
+        if os.path.exists(dst):
+            return
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.tmp-{uuid.uuid4().hex}"
+        try:
+            os.link(src, tmp)
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise StorageError(f"cannot store {src!r} into {dst!r}: {err.strerror}") from err
+            shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dst)
+
+    def store_snapshot(self, loc: DatasetLocation, manifest: Manifest) -> None:
+        """Write the manifest and, for owned datasets, the hardlinked tree."""
+        final = self._snap_dir(loc, manifest.digest)
+        if os.path.exists(os.path.join(final, "manifest.parquet")):
+            return
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(final), f".tmp-{uuid.uuid4().hex}")
+        os.makedirs(tmp)
+        try:
+            if loc.owned:
+                self._build_tree(os.path.join(tmp, "tree"), manifest)
+            manifest.write(os.path.join(tmp, "manifest.parquet"))
+            try:
+                os.rename(tmp, final)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # same content stored by another writer
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _build_tree(tree: str, manifest: Manifest) -> None:
+        os.makedirs(tree)
+        made = {tree}
+        for rel, location in zip(
+            manifest.table.column("path").to_pylist(), manifest.table.column("location").to_pylist(), strict=True
+        ):
+            if location is None:
+                raise StorageError(f"file {rel!r} has no stored bytes (empty location); ingest it before committing")
+            dst = os.path.join(tree, rel)
+            parent = os.path.dirname(dst)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            src = _local_path(location)
+            try:
+                os.link(src, dst)
+            except FileNotFoundError as err:
+                raise StorageError(
+                    f"cannot link {rel!r}: its bytes at {src!r} are gone; rerun the task that produced them"
+                ) from err
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise StorageError(f"cannot link {src!r} to {dst!r}: {err.strerror}") from err
+                shutil.copyfile(src, dst)  # another filesystem: the only case that copies
+        os.chmod(tree, 0o555)
+
+    @contextmanager
+    def _locked(self, loc: DatasetLocation) -> Iterator[None]:
+        os.makedirs(loc.meta, exist_ok=True)
+        fd = os.open(os.path.join(loc.meta, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ConcurrentCommitError(
+                            f"another writer holds the commit lock of {loc.uri} for over {LOCK_TIMEOUT_S:.0f}s "
+                            f"({os.path.join(loc.meta, 'lock')}); retry later"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def swap_head(
+        self, loc: DatasetLocation, manifest: Manifest, expected: str | None, record: CommitRecord
+    ) -> None:
+        with self._locked(loc):
+            actual = self.read_head(loc)
+            if actual != expected:
+                raise self.race(loc, expected, actual)
+            log_dir = os.path.join(loc.meta, "log")
+            os.makedirs(log_dir, exist_ok=True)
+            self._drop_aborted(loc, log_dir, actual)
+            entry = os.path.join(log_dir, f"{record.seq:010d}.json")
+            self._atomic_write(entry, record.to_json())
+            # one rename moves HEAD: the symlink of an owned dataset, the HEAD file of a source
+            if loc.owned:
+                self._point_view(loc, manifest.digest)
+            else:
+                self._atomic_write(self._head_file(loc), (manifest.digest + "\n").encode())
+
+    def _drop_aborted(self, loc: DatasetLocation, log_dir: str, head: str | None) -> None:
+        records = self.read_log(loc)
+        valid = {r.seq for r in valid_prefix(records, head)}
+        for r in records:
+            if r.seq not in valid:
+                os.replace(
+                    os.path.join(log_dir, f"{r.seq:010d}.json"),
+                    os.path.join(log_dir, f"{r.seq:010d}.aborted-{uuid.uuid4().hex[:8]}"),
+                )
+
+    def _point_view(self, loc: DatasetLocation, digest: str) -> None:
+        view = loc.path
+        if os.path.lexists(view) and not os.path.islink(view):
+            raise StorageError(
+                f"{view!r} exists and is not a symlink managed by airflow-dataflow; move it away "
+                "(or declare the dataset as an observed source) before committing"
+            )
+        target = os.path.relpath(os.path.join(self._snap_dir(loc, digest), "tree"), os.path.dirname(view))
+        tmp = f"{view}.tmp-{uuid.uuid4().hex[:12]}"
+        os.symlink(target, tmp)
+        os.replace(tmp, view)
+
+    @staticmethod
+    def _atomic_write(path: str, data: bytes) -> None:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)

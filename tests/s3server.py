@@ -18,6 +18,7 @@ the way of the next one.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -34,6 +35,8 @@ VERSITYGW_VERSION = "v1.8.0"
 DEFAULT_TOOLS_CACHE = "/var/cache/airflow-dataflow"
 REGION = "us-east-1"
 HEALTH_PATH = "/dataflow-health"
+WORKDIR_PREFIX = "dataflow-versitygw-"
+LOCK_NAME = ".in-use.lock"
 
 
 class VersityGWError(RuntimeError):
@@ -96,6 +99,7 @@ class VersityGW:
         self.workdir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
+        self._lock_fd: int | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -110,7 +114,12 @@ class VersityGW:
         if self.proc is not None:
             raise VersityGWError("versitygw is already started")
         binary = self.binary or versitygw_binary()
-        self.workdir = Path(tempfile.mkdtemp(prefix="dataflow-versitygw-"))
+        _remove_abandoned_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        # Held (flock) while this object uses the dir; the kernel drops it when
+        # the process dies, so a later start can tell abandoned dirs apart.
+        self._lock_fd = os.open(self.workdir / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         data = self.workdir / "data"
         versions = self.workdir / "versions"
         data.mkdir()
@@ -138,19 +147,31 @@ class VersityGW:
             if self.versioning:
                 cmd += ["--versioning-dir", str(versions)]
             cmd.append(str(data))
-            env = dict(os.environ)
+            # versitygw reads VGW_*, ROOT_*, LOGFILE, WEBHOOK from the environment:
+            # drop any inherited ones so only the flags below apply.
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("VGW_", "ROOT_", "ADMIN_"))
+                and k not in ("LOGFILE", "WEBHOOK")
+            }
             # Credentials go through the environment, not argv (ps shows argv).
             env["ROOT_ACCESS_KEY"] = self.access_key
             env["ROOT_SECRET_KEY"] = self.secret_key
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.workdir,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as exc:
+                self.stop()
+                raise VersityGWError(f"cannot run {binary}: {exc}") from exc
             try:
                 self._wait_ready()
                 return self
@@ -203,6 +224,9 @@ class VersityGW:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- helpers -----------------------------------------------------------
 
@@ -254,6 +278,38 @@ class VersityGW:
             "password": self.secret_key,
             "extra": {"endpoint_url": self.endpoint_url, "region_name": self.region},
         }
+
+
+def _remove_abandoned_workdirs() -> None:
+    """Remove temp dirs left by runs that were killed before their cleanup."""
+    for path in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            fd = os.open(path / LOCK_NAME, os.O_RDWR)
+        except OSError:
+            continue  # not ours, or being set up right now
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # in use by a live run
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux).
+
+    So a test run that is killed (SIGKILL skips all cleanup) does not leave
+    a server running behind it.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _botocore_has_checksum_config() -> bool:

@@ -36,10 +36,13 @@ S3_CONN_ID = "dataflow_s3"
 @pytest.fixture(scope="session")
 def s3_server():
     server = VersityGW()
+    error = None
     try:
         server.start()
     except VersityGWError as exc:
-        pytest.fail(f"could not start the S3 test server (versitygw): {exc}", pytrace=False)
+        error = str(exc)
+    if error is not None:
+        pytest.fail(f"could not start the S3 test server (versitygw): {error}", pytrace=False)
     try:
         yield server
     finally:

@@ -1,0 +1,41 @@
+# airflow-dataflow: the two commands are `make demo` and `make test`.
+# Everything they need is installed by the targets below (virtualenv, pip
+# packages pinned by constraints.txt, Debian packages, Go-built servers).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test test-unit test-integration bench clean-demo apt-bench
+
+setup: $(VENV)/.installed
+
+# Idempotent: reinstalls only when pyproject.toml or constraints.txt change.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) -m dags_examples.demo
+
+test: setup versitygw
+	$(PY) -m pytest tests/unit tests/integration
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+apt-bench:
+	@command -v b3sum >/dev/null || { apt-get update -qq && apt-get install -y -qq b3sum >/dev/null; }
+
+bench: setup apt-bench
+	$(PY) bench/scan.py
+
+clean-demo:
+	rm -rf demo-data
+
+include tools/s3/s3.mk
+-include tools/k8s/k8s.mk

@@ -6,7 +6,7 @@ K8S_TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # Built binaries, shared by every checkout on the machine (see build.sh).
 K8S_CACHE="${DATAFLOW_K8S_CACHE:-/var/cache/airflow-dataflow/k8s}"
-K8S_BIN="$K8S_CACHE/$K8S_VERSION/bin"
+K8S_BIN="${DATAFLOW_K8S_BIN:-$K8S_CACHE/$K8S_VERSION/bin}"
 # Runtime state of the one cluster of this machine, whichever checkout
 # started it: certificates, etcd data, containerd, kubelet, logs, pid files.
 STATE="${DATAFLOW_K8S_STATE:-/var/lib/airflow-dataflow-k8s}"

@@ -55,8 +55,8 @@ def validate_relpath(path: str, where: str = "") -> str:
             )
     if RESERVED_DIR in parts:
         raise InvalidPathError(
-            f"file path {path!r}{ctx} is under a folder named {RESERVED_DIR!r}, which is reserved for dataset metadata; "
-            "which holds dataset metadata; rename the folder"
+            f"file path {path!r}{ctx} has a component named {RESERVED_DIR!r}, which is reserved for "
+            "dataset metadata; rename that file or folder"
         )
     try:
         path.encode("utf-8")

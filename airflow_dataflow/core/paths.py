@@ -67,5 +67,5 @@ def validate_relpath(path: str, where: str = "") -> str:
 
 def inside(root: str, target: str) -> bool:
     """Tell whether ``target`` (absolute, resolved) lies inside ``root`` (resolved)."""
-    root = root.rstrip(os.sep) or os.sep
-    return target == root or target.startswith(root + os.sep)
+    root = root.rstrip(os.sep)
+    return target == (root or os.sep) or target.startswith(root + os.sep)

@@ -90,7 +90,11 @@ def apply(old: Manifest, change: ChangeSet) -> Manifest:
         [
             change.deleted.column("path").combine_chunks(),
             change.modified.column("path").combine_chunks(),
+            change.unchanged.column("path").combine_chunks(),
         ]
     )
     kept = old.table.filter(pc.invert(pc.is_in(old.table.column("path"), value_set=drop)))
-    return Manifest.from_table(pa.concat_tables([kept, change.added, change.modified]), validate=False)
+    # unchanged rows come from the change set too (the new side): same content, but
+    # mtime, location and lineage are the new manifest's
+    tables = [kept, change.added, change.modified, change.unchanged]
+    return Manifest.from_table(pa.concat_tables(tables), validate=False)

@@ -265,6 +265,16 @@ class S3StatCache:
 
 
 @dataclass(frozen=True)
+class _ViewPlan:
+    want: dict[str, tuple[str, int, str | None]]  # path -> (digest, size, location) of HEAD
+    listed: dict[str, _Listed]  # path -> object in the view now
+    keep: dict[str, tuple[int, str, str]]  # path -> (size, ETag, digest) of view objects already right
+    to_copy: list[str]
+    to_delete: list[str]
+    cache_changed: bool
+
+
+@dataclass(frozen=True)
 class _Listed:
     rel: str
     key: str
@@ -628,10 +638,11 @@ class S3Storage(Storage):
             raise storage_error(err, "upload", uri) from err
 
     def _upload_large(self, loc: DatasetLocation, src: str, key: str, digest: str) -> None:
-        """Upload a file above the single-PUT limit in parts, verified by re-reading nothing.
+        """Upload a file above the single-PUT limit in parts.
 
-        Each part carries its SHA-256 (composite checksum); the full digest is kept
-        in the object's metadata.
+        The server verifies each part's SHA-256 (a composite checksum: S3 keeps no
+        full-object SHA-256 of multipart objects); the full digest is kept in the
+        object's ``x-amz-meta-dataflow-digest`` metadata.
         """
         from boto3.s3.transfer import TransferConfig
 
@@ -818,6 +829,8 @@ class S3Storage(Storage):
             )
         if doc is not None and doc.get("record"):
             self._write_log(loc, self._head_record(loc, doc))  # finish a commit killed before its log write
+        if doc is None and loc.owned:
+            self._check_first_commit(loc, manifest)
         body = json.dumps(
             {"version": HEAD_VERSION, "digest": manifest.digest, "seq": record.seq, "record": record.to_dict()},
             sort_keys=True,
@@ -872,7 +885,8 @@ class S3Storage(Storage):
                 return
         raise StorageError(f"HEAD of {loc.uri} kept moving while its plain view was being updated; retry sync_view")
 
-    def _sync_to(self, loc: DatasetLocation, manifest: Manifest, progress: ProgressFn | None) -> None:
+    def _plan_view(self, loc: DatasetLocation, manifest: Manifest) -> _ViewPlan:
+        """Compare a listing of the plain view with ``manifest``: what to copy and delete."""
         cache = self._load_cache(loc)
         listed = {it.rel: it for it in self._list_view(loc)}
         want = dict(
@@ -887,7 +901,7 @@ class S3Storage(Storage):
                 strict=True,
             )
         )
-        new_entries: dict[str, tuple[int, str, str]] = {}
+        keep: dict[str, tuple[int, str, str]] = {}
         unknown: list[_Listed] = []
         for rel, it in listed.items():
             target = want.get(rel)
@@ -895,16 +909,39 @@ class S3Storage(Storage):
                 continue
             cached = cache.lookup(rel, it.size, it.etag)
             if cached == target[0]:
-                new_entries[rel] = (it.size, it.etag, cached)
+                keep[rel] = (it.size, it.etag, cached)
             elif cached is None and it.sha256_listed:
                 unknown.append(it)
         for it, stored in zip(
             unknown, self._pool_map(lambda it: self._stored_sha256(loc.bucket, it.key, it.etag), unknown), strict=True
         ):
             if stored == want[it.rel][0]:
-                new_entries[it.rel] = (it.size, it.etag, stored)
-        to_copy = [rel for rel in want if rel not in new_entries]
-        to_delete = [it.key for rel, it in listed.items() if rel not in want]
+                keep[it.rel] = (it.size, it.etag, stored)
+        return _ViewPlan(
+            want=want,
+            listed=listed,
+            keep=keep,
+            to_copy=[rel for rel in want if rel not in keep],
+            to_delete=[rel for rel in listed if rel not in want],
+            cache_changed=keep != cache.entries,
+        )
+
+    def _check_first_commit(self, loc: DatasetLocation, manifest: Manifest) -> None:
+        """Refuse a first commit that would overwrite or delete objects nobody committed."""
+        plan = self._plan_view(loc, manifest)
+        lost = sorted(plan.to_delete + [rel for rel in plan.to_copy if rel in plan.listed])
+        if lost:
+            shown = ", ".join(repr(r) for r in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+            raise StorageError(
+                f"{loc.uri} holds {len(lost)} object(s) that are not in the snapshot being committed "
+                f"({shown}); the first commit would replace or delete them. Move them away, commit a scan "
+                "of the prefix itself, or declare the dataset an observed source (owned=False)"
+            )
+
+    def _sync_to(self, loc: DatasetLocation, manifest: Manifest, progress: ProgressFn | None) -> None:
+        plan = self._plan_view(loc, manifest)
+        want, listed, new_entries, to_copy = plan.want, plan.listed, dict(plan.keep), plan.to_copy
+        to_delete = [listed[rel].key for rel in plan.to_delete]
         prog = Progress(f"update view {loc.uri}", progress)
 
         def copy(rel: str) -> tuple[str, int, str, str]:
@@ -920,7 +957,7 @@ class S3Storage(Storage):
                 new_entries[rel] = (size, etag, digest)
                 prog.tick(n, len(to_copy))
         finally:
-            if to_copy:
+            if to_copy or plan.cache_changed:
                 self._save_cache(loc, S3StatCache(new_entries))
         for start in range(0, len(to_delete), 1000):
             batch = to_delete[start : start + 1000]
@@ -940,6 +977,32 @@ class S3Storage(Storage):
                 )
         if to_copy or to_delete:
             log.info("view %s: %d file(s) copied, %d deleted", loc.uri, len(to_copy), len(to_delete))
+
+    # -- small metadata files under the store root (caches) ----------------------------------------
+    @staticmethod
+    def _store_root(loc: DatasetLocation) -> str:
+        return loc.objects.rsplit("/", 1)[0] if "/" in loc.objects else ""
+
+    def _meta_key(self, loc: DatasetLocation, rel: str) -> str:
+        if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.rstrip("/").split("/")):
+            raise InvalidPathError(f"metadata path {rel!r} of {loc.uri} must be relative and normalised (no '..')")
+        root = self._store_root(loc)
+        return f"{root}/{rel}" if root else rel
+
+    def put_meta(self, loc: DatasetLocation, rel: str, data: bytes) -> None:
+        """Write ``data`` at ``rel`` under the ``_dataflow`` folder holding the content store."""
+        key = self._meta_key(loc, rel)
+        self._call("write", s3_uri(loc.bucket, key), self.client.put_object, Bucket=loc.bucket, Key=key, Body=data)
+
+    def get_meta(self, loc: DatasetLocation, rel: str) -> bytes | None:
+        """Return the bytes at ``rel`` under the ``_dataflow`` folder, or None if absent."""
+        got = self._get_bytes(loc.bucket, self._meta_key(loc, rel))
+        return None if got is None else got[0]
+
+    def list_meta(self, loc: DatasetLocation, prefix: str) -> list[str]:
+        """Return the names (relative to ``prefix``) of the objects under ``prefix``."""
+        base = self._meta_key(loc, prefix).rstrip("/") + "/"
+        return sorted(o["Key"][len(base) :] for o in self._list(loc.bucket, base))
 
     # -- helpers for operators ------------------------------------------------------------------
     def read_bytes(self, location_uri: str) -> bytes:

@@ -509,3 +509,65 @@ def test_commit_without_stored_bytes_is_refused(s3):
     with pytest.raises(StorageError, match="'f'.*no stored bytes"):
         storage.commit(loc, manifest, INFO)
     assert storage.read_head(loc) is None
+
+
+def test_the_conditional_head_write_decides_a_race(s3_server, s3_bucket, tmp_path):
+    """Both writers pass the read check; the server's 412 on HEAD stops the second."""
+    client, bucket = s3_bucket
+    loc = DatasetLocation.parse(f"s3://{bucket}/cas2/ds")
+    a, b = S3Storage(client=s3_server.boto3_client()), S3Storage(client=client)
+    base, _ = stage_and_commit(b, loc, tmp_path / "base", {"f": b"base"})
+    winner: dict[str, str] = {}
+
+    def b_commits_first(params, **_kwargs):
+        if params.get("Key", "").endswith("/HEAD") and not winner:
+            manifest, _ = stage_and_commit(b, loc, tmp_path / "b", {"f": b"b wins"})
+            winner["digest"] = manifest.digest
+
+    a.client.meta.events.register("before-parameter-build.s3.PutObject", b_commits_first)
+    with pytest.raises(ConcurrentCommitError) as exc:
+        stage_and_commit(a, loc, tmp_path / "a", {"f": b"a loses"})
+    assert winner["digest"] in str(exc.value)
+    assert b.read_head(loc) == winner["digest"]
+    assert [(r.seq, r.digest) for r in b.log(loc)] == [(1, base.digest), (2, winner["digest"])]
+    assert_view_is(client, bucket, loc, {"f": b"b wins"})
+
+
+def test_large_files_go_through_multipart_upload(s3, tmp_path, monkeypatch):
+    import airflow_dataflow.storage.s3 as s3mod
+
+    client, bucket, storage = s3
+    monkeypatch.setattr(s3mod, "MULTIPART_THRESHOLD", 1024 * 1024)
+    big = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    loc = DatasetLocation.parse(f"s3://{bucket}/big/ds")
+    manifest, _ = stage_and_commit(storage, loc, tmp_path / "s", {"big.bin": big, "small": b"s"})
+    stored = client.head_object(Bucket=bucket, Key=loc.object_key(sha(big)))
+    assert stored["Metadata"]["dataflow-digest"] == sha(big)
+    assert "-" in stored["ETag"]  # a multipart object
+    assert_view_is(client, bucket, loc, {"big.bin": big, "small": b"s"})
+    assert storage.scan(loc).digest == manifest.digest
+
+
+def test_first_commit_refuses_to_replace_files_nobody_committed(s3, tmp_path):
+    client, bucket, storage = s3
+    put(client, bucket, "occupied/ds/precious.csv", b"someone's data")
+    put(client, bucket, "occupied/ds/f", b"same name, other bytes")
+    loc = DatasetLocation.parse(f"s3://{bucket}/occupied/ds")
+    with pytest.raises(StorageError, match="2 object\\(s\\).*'f', 'precious.csv'.*Move them away"):
+        stage_and_commit(storage, loc, tmp_path / "s", {"f": b"ours"})
+    assert storage.read_head(loc) is None
+    assert body(client, bucket, "occupied/ds/precious.csv") == b"someone's data"
+    assert body(client, bucket, "occupied/ds/f") == b"same name, other bytes"
+
+
+def test_meta_files_live_beside_the_content_store(s3):
+    client, bucket, storage = s3
+    loc = DatasetLocation.parse(f"s3://{bucket}/m/ds")
+    assert storage.get_meta(loc, "cache/k1.json") is None
+    storage.put_meta(loc, "cache/k1.json", b"{}")
+    storage.put_meta(loc, "cache/k2.json", b"[]")
+    assert storage.get_meta(loc, "cache/k1.json") == b"{}"
+    assert storage.list_meta(loc, "cache") == ["k1.json", "k2.json"]
+    assert keys_under(client, bucket, "m/_dataflow/cache/") == ["m/_dataflow/cache/k1.json", "m/_dataflow/cache/k2.json"]
+    with pytest.raises(InvalidPathError):
+        storage.put_meta(loc, "../escape", b"x")

@@ -140,6 +140,14 @@ def wait_for_pod(core_v1: client.CoreV1Api, namespace: str, name: str, timeout: 
         time.sleep(0.5)
 
 
+def pod_logs(core_v1: client.CoreV1Api, namespace: str, name: str, container: str | None = None) -> str:
+    """The pod's log as text (the raw response: some client versions return
+    the repr of the bytes when asked to decode it themselves)."""
+    kwargs = {"container": container} if container else {}
+    resp = core_v1.read_namespaced_pod_log(name, namespace, _preload_content=False, **kwargs)
+    return resp.data.decode("utf-8", errors="replace")
+
+
 @pytest.fixture
 def run_pod(core_v1: client.CoreV1Api, k8s_namespace: str) -> Callable[..., tuple[Any, str]]:
     """run_pod(spec: V1PodSpec | dict, name=None, timeout=...) -> (pod, logs).
@@ -157,7 +165,6 @@ def run_pod(core_v1: client.CoreV1Api, k8s_namespace: str) -> Callable[..., tupl
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
         core_v1.create_namespaced_pod(k8s_namespace, body)
         pod = wait_for_pod(core_v1, k8s_namespace, name, timeout)
-        logs = core_v1.read_namespaced_pod_log(name, k8s_namespace)
-        return pod, logs
+        return pod, pod_logs(core_v1, k8s_namespace, name)
 
     return _run

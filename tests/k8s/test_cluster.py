@@ -81,7 +81,7 @@ def test_read_only_host_path_cannot_be_written(run_pod, task_image):
     script = (
         "echo payload > /rw/input.txt && echo wrote-rw; "
         "echo read=$(cat /ro/input.txt); "
-        "if echo evil > /ro/evil.txt 2>/dev/null; then echo ro-write=allowed; else echo ro-write=denied; fi; "
+        "if { echo evil > /ro/evil.txt; } 2>/dev/null; then echo ro-write=allowed; else echo ro-write=denied; fi; "
         "if rm /ro/input.txt 2>/dev/null; then echo ro-delete=allowed; else echo ro-delete=denied; fi; "
         "if mkdir /ro/sub 2>/dev/null; then echo ro-mkdir=allowed; else echo ro-mkdir=denied; fi"
     )

@@ -64,7 +64,7 @@ our_pids() {
   for p in /proc/[0-9]*; do
     p="${p#/proc/}"
     [ "$p" = "$$" ] || [ "$p" = "$BASHPID" ] && continue
-    cmd="$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" || continue
+    cmd="$(tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline")" || continue
     case "$cmd" in
       *bash*|*make*|*grep*|*python*|*pytest*) continue ;;
       *"$STATE/"*) echo "$p" ;;

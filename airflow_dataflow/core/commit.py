@@ -93,7 +93,7 @@ class CommitRecord:
                 bytes=int(doc["bytes"]),
                 info=info,
             )
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"commit log entry {where} is corrupt: {err}") from err
 
 

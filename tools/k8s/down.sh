@@ -70,7 +70,15 @@ if [ -n "$pids" ]; then
 fi
 # 3. containerd, then its shims (they outlive it) and any other stray.
 stop_daemon containerd 10
-for d in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$d" 15; done
+# The control plane together (the apiserver takes a few seconds), etcd last.
+cp_pids=""
+for d in kube-scheduler kube-controller-manager kube-apiserver; do
+  if pid="$(pid_of "$d")"; then say "stopping $d (pid $pid)"; cp_pids="$cp_pids $pid"; fi
+  rm -f "$RUN/$d.pid"
+done
+# shellcheck disable=SC2086
+kill_wait 15 $cp_pids
+stop_daemon etcd 15
 strays="$(our_pids)"
 if [ -n "$strays" ]; then
   say "stopping leftover processes: $(for p in $strays; do printf '%s(%s) ' "$p" "$(cat /proc/$p/comm 2>/dev/null)"; done)"

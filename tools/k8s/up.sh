@@ -152,6 +152,10 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" \
   --bind-address 127.0.0.1 --cert-dir "$STATE/scheduler-certs" \
   --leader-elect=false --profiling=false
 
+# The Node object of an earlier run still says Ready: delete it, so that the
+# wait below sees this kubelet register and report (its old pods go with it).
+kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=true >/dev/null
+
 # 9. containerd: our own instance, config, root, state and socket.
 cat > "$STATE/config/containerd.toml" <<EOF
 version = 2

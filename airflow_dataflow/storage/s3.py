@@ -189,10 +189,10 @@ def storage_error(err: BaseException, action: str, uri: str) -> StorageError:
         bucket = err.response.get("Error", {}).get("BucketName") or urlsplit(uri).netloc
         if code == "NoSuchBucket":
             hint = f"bucket {bucket!r} does not exist: create it or fix the URI"
-        elif code in ("AccessDenied", "AllAccessDisabled", "403") or _status(err) == 403:
-            hint = "access denied: check the credentials (connection / IAM role) and the bucket policy"
         elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
             hint = f"the credentials were rejected ({code}): fix the AWS connection or renew the token"
+        elif code in ("AccessDenied", "AllAccessDisabled", "403") or _status(err) == 403:
+            hint = "access denied: check the credentials (connection / IAM role) and the bucket policy"
         elif code in _NOT_FOUND:
             hint = "no such object"
         elif code in ("BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"):
@@ -432,7 +432,12 @@ class S3Storage(Storage):
             )
 
     def _load_cache(self, loc: DatasetLocation) -> S3StatCache:
-        got = self._get_bytes(loc.bucket, self._cache_key(loc)) if loc.meta else None
+        """Load the scan cache; one that cannot be read is empty (it only saves time)."""
+        try:
+            got = self._get_bytes(loc.bucket, self._cache_key(loc))
+        except StorageError as err:
+            log.debug("scan cache of %s not readable, scanning without it: %s", loc.uri, err)
+            return S3StatCache({})
         return S3StatCache.from_bytes(got[0] if got else None)
 
     def _save_cache(self, loc: DatasetLocation, cache: S3StatCache) -> None:

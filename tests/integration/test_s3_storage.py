@@ -17,6 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import boto3
 import pyarrow.parquet as pq
 import pytest
 
@@ -571,3 +572,19 @@ def test_meta_files_live_beside_the_content_store(s3):
     assert keys_under(client, bucket, "m/_dataflow/cache/") == ["m/_dataflow/cache/k1.json", "m/_dataflow/cache/k2.json"]
     with pytest.raises(InvalidPathError):
         storage.put_meta(loc, "../escape", b"x")
+
+
+def test_default_client_honours_the_aws_environment(s3_server, s3_bucket, monkeypatch):
+    client, bucket = s3_bucket
+    put(client, bucket, "env/ds/f", b"from env")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    storage = S3Storage()
+    assert storage.scan(DatasetLocation.parse(f"s3://{bucket}/env/ds")).rows()[0]["digest"] == sha(b"from env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the default session caches credentials
+    with pytest.raises(StorageError, match=f"s3://{bucket}/env/ds.*credentials were rejected"):
+        S3Storage().scan(DatasetLocation.parse(f"s3://{bucket}/env/ds"))

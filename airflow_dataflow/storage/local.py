@@ -413,6 +413,14 @@ class LocalStorage(Storage):
             actual = self.read_head(loc)
             if actual != expected:
                 raise self.race(loc, expected, actual)
+            committed = valid_prefix(self.read_log(loc), actual)
+            if record.seq != (committed[-1].seq + 1 if committed else 1):
+                # HEAD moved away and back (A-B-A) since the caller read it: its
+                # sequence number is taken, and writing it would overwrite a commit
+                raise ConcurrentCommitError(
+                    f"HEAD of {loc.uri} is {actual} again, but commit #{record.seq} and later were made "
+                    "by another writer meanwhile. Nothing was lost; rerun the task to build on the new HEAD."
+                )
             log_dir = os.path.join(loc.meta, "log")
             os.makedirs(log_dir, exist_ok=True)
             self._drop_aborted(loc, log_dir, actual)

@@ -934,7 +934,14 @@ class S3Storage(Storage):
     def _check_first_commit(self, loc: DatasetLocation, manifest: Manifest) -> None:
         """Refuse a first commit that would overwrite or delete objects nobody committed."""
         plan = self._plan_view(loc, manifest)
-        lost = sorted(plan.to_delete + [rel for rel in plan.to_copy if rel in plan.listed])
+        # objects the plan cannot vouch for (no cache entry, no stored SHA-256) are hashed here
+        doubtful = [plan.listed[rel] for rel in plan.to_copy if rel in plan.listed]
+        same = {
+            it.rel
+            for it, digest in zip(doubtful, self._pool_map(lambda it: self._digest_of(loc.bucket, it), doubtful), strict=True)
+            if digest == plan.want[it.rel][0]
+        }
+        lost = sorted(plan.to_delete + [it.rel for it in doubtful if it.rel not in same])
         if lost:
             shown = ", ".join(repr(r) for r in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
             raise StorageError(

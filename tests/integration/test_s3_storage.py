@@ -588,3 +588,96 @@ def test_default_client_honours_the_aws_environment(s3_server, s3_bucket, monkey
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the default session caches credentials
     with pytest.raises(StorageError, match=f"s3://{bucket}/env/ds.*credentials were rejected"):
         S3Storage().scan(DatasetLocation.parse(f"s3://{bucket}/env/ds"))
+
+
+CHILD = r"""
+import os, sys, time
+import boto3
+from airflow_dataflow.core.commit import CommitInfo
+from airflow_dataflow.core.location import DatasetLocation
+from airflow_dataflow.storage.local import scan_directory
+from airflow_dataflow.storage.s3 import S3Storage
+
+client = boto3.client("s3", endpoint_url=os.environ["EP"], aws_access_key_id=os.environ["AK"],
+                      aws_secret_access_key=os.environ["SK"], region_name="us-east-1")
+storage = S3Storage(client=client)
+loc = DatasetLocation.parse(os.environ["URI"])
+stage, ready, where = os.environ["STAGE"], os.environ["READY"], os.environ["WHERE"]
+
+def park(*_a, **_k):
+    open(ready, "w").close()
+    time.sleep(600)
+
+if where == "before_head":
+    def hook(params, **_k):
+        if params.get("Key", "").endswith("/HEAD"):
+            park()
+    client.meta.events.register("before-parameter-build.s3.PutObject", hook)
+else:
+    real = S3Storage._write_log
+    def write_log(self, loc_, record):
+        if record.seq == 2:
+            park()
+        return real(self, loc_, record)
+    S3Storage._write_log = write_log
+manifest, _ = scan_directory(stage, location_of=False)
+storage.commit(loc, storage.ingest(loc, stage, manifest), CommitInfo(author="child"))
+"""
+
+
+@pytest.mark.parametrize("where", ["before_head", "after_head"])
+def test_sigkill_in_the_middle_of_a_commit(s3_server, s3, tmp_path, where):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    client, bucket, storage = s3
+    loc = DatasetLocation.parse(f"s3://{bucket}/kill/ds")
+    first, _ = stage_and_commit(storage, loc, tmp_path / "a", {"f": b"one", "g": b"kept"})
+    write_tree(tmp_path / "b", {"f": b"two", "h": b"new"})
+    ready = tmp_path / "ready"
+    env = dict(
+        os.environ, EP=s3_server.endpoint_url, AK=s3_server.access_key, SK=s3_server.secret_key,
+        URI=loc.uri, STAGE=str(tmp_path / "b"), READY=str(ready), WHERE=where,
+    )
+    child = subprocess.Popen([sys.executable, "-c", CHILD], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert child.poll() is None, "the child exited before reaching the kill point"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    if where == "before_head":  # nothing happened: HEAD, log and view are the previous snapshot
+        assert storage.read_head(loc) == first.digest
+        assert [r.digest for r in storage.log(loc)] == [first.digest]
+        assert_view_is(client, bucket, loc, {"f": b"one", "g": b"kept"})
+    else:  # HEAD moved: the commit happened, its record is in HEAD, the view is healed by sync_view
+        second = storage.read_head(loc)
+        assert second != first.digest
+        assert [r.seq for r in storage.log(loc)] == [1, 2]
+        assert {r["path"]: storage.read_bytes(r["location"]) for r in storage.snapshot(loc).rows()} == {
+            "f": b"two", "h": b"new"
+        }
+        storage.sync_view(loc)
+        assert_view_is(client, bucket, loc, {"f": b"two", "h": b"new"})
+    # the next commit works and the log has no hole
+    _, record = stage_and_commit(storage, loc, tmp_path / "c", {"z": b"three"})
+    assert [r.seq for r in storage.log(loc)] == list(range(1, record.seq + 1))
+    assert_view_is(client, bucket, loc, {"z": b"three"})
+
+
+def test_first_commit_over_identical_unmanaged_files_is_allowed(s3, tmp_path):
+    """Files already in the prefix with exactly the committed bytes are not 'lost'."""
+    client, bucket, storage = s3
+    put(client, bucket, "same/ds/f", b"ours")
+    loc = DatasetLocation.parse(f"s3://{bucket}/same/ds")
+    manifest, _ = stage_and_commit(storage, loc, tmp_path / "s", {"f": b"ours"})
+    assert storage.read_head(loc) == manifest.digest
+    assert_view_is(client, bucket, loc, {"f": b"ours"})

@@ -105,6 +105,16 @@ class DatasetLocation:
             uri=canonical, scheme=scheme, bucket=bucket, path=path, meta=meta, objects=objects, owned=owned
         )
 
+    @property
+    def store_root(self) -> str:
+        """Local path or S3 key prefix of the ``_dataflow`` folder holding objects and caches."""
+        return posixpath.dirname(self.objects)
+
+    @property
+    def meta_rel(self) -> str:
+        """The metadata folder relative to :attr:`store_root`."""
+        return posixpath.relpath(self.meta, self.store_root)
+
     def object_key(self, digest: str) -> str:
         """Return the content-store path or key of the bytes with ``digest``."""
         return posixpath.join(self.objects, "sha256", digest[:2], digest[2:])

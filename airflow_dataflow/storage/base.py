@@ -88,6 +88,19 @@ class Storage(ABC):
         :returns: the manifest with ``location`` filled with content-store URIs
         """
 
+    # -- small metadata files under the store root (caches) --------------------------
+    def put_meta(self, loc: DatasetLocation, rel: str, data: bytes) -> None:
+        """Write ``data`` at ``rel`` under ``loc.store_root``, atomically."""
+        raise NotImplementedError(f"{type(self).__name__} does not store cache metadata yet")
+
+    def get_meta(self, loc: DatasetLocation, rel: str) -> bytes | None:
+        """Return the bytes at ``rel`` under ``loc.store_root``, or None if absent."""
+        raise NotImplementedError(f"{type(self).__name__} does not store cache metadata yet")
+
+    def list_meta(self, loc: DatasetLocation, prefix: str) -> list[str]:
+        """Return the names (relative to ``prefix``) of the files under ``prefix``."""
+        raise NotImplementedError(f"{type(self).__name__} does not store cache metadata yet")
+
     # -- semantics shared by every backend -----------------------------------------
     def head(self, loc: DatasetLocation) -> Manifest | None:
         """Return HEAD's manifest, or None before the first commit."""

@@ -302,6 +302,30 @@ class LocalStorage(Storage):
                 out.append(CommitRecord.from_json(fh.read(), path))
         return out
 
+    def snapshot_dir(self, loc: DatasetLocation, digest: str) -> str:
+        """Return the plain directory of a committed snapshot (owned) or the source (observed)."""
+        if not loc.owned:
+            return loc.path
+        return os.path.join(self._snap_dir(loc, digest), "tree")
+
+    def put_meta(self, loc: DatasetLocation, rel: str, data: bytes) -> None:
+        path = os.path.join(loc.store_root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._atomic_write(path, data)
+
+    def get_meta(self, loc: DatasetLocation, rel: str) -> bytes | None:
+        try:
+            with open(os.path.join(loc.store_root, rel), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def list_meta(self, loc: DatasetLocation, prefix: str) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(os.path.join(loc.store_root, prefix)) if ".tmp-" not in n)
+        except FileNotFoundError:
+            return []
+
     # -- writing ----------------------------------------------------------------------
     def ingest(
         self, loc: DatasetLocation, staging: str, manifest: Manifest, *, progress: ProgressFn | None = None

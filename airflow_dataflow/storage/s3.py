@@ -18,7 +18,10 @@ Layout (see :mod:`airflow_dataflow.core.location`), for a dataset at
   atomically, so the view is updated after HEAD moved (copies first, deletions
   last) and a plain reader may briefly see a mix. **Readers that need a
   consistent snapshot read through the manifest** (its ``location`` column
-  points at immutable content-store objects).
+  points at immutable content-store objects). The prefix is managed: a first
+  commit refuses to replace or delete objects that are not in its snapshot, and
+  after that every sync makes the prefix equal to HEAD again (objects written
+  there by hand are replaced or deleted; write through a commit instead).
 
 Commits (:meth:`S3Storage.swap_head`) move HEAD with a conditional PUT:
 ``If-Match: <ETag of the HEAD read>`` (or ``If-None-Match: *`` for the first
@@ -31,8 +34,8 @@ honours ``If-Match``/``If-None-Match`` on PutObject atomically under concurrency
 
 HEAD moves *before* the log entry is written, and HEAD embeds the full commit
 record: the conditional PUT of HEAD is the one commit point, and a writer killed
-between the two leaves HEAD's record to be written to the log by the next reader
-or committer (:meth:`S3Storage.read_log` returns it either way). The opposite
+between the two leaves HEAD's record to be written to the log by the next
+committer (:meth:`S3Storage.read_log` returns it meanwhile). The opposite
 order (log first, drop "aborted" trailing entries) cannot be made safe on S3: a
 writer that drops another's trailing entry cannot know that the other is not
 about to win the HEAD swap, and the winner's log entry would be lost.

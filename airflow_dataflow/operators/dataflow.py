@@ -1,0 +1,251 @@
+"""``DataflowOperator``: run a container command from input datasets into an output dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, TaskGroup
+
+from airflow_dataflow.config import DataflowConfig
+from airflow_dataflow.core.commit import CommitInfo
+from airflow_dataflow.dataset import DirectoryDataset
+from airflow_dataflow.engine import PER_FILE, WHOLE, Engine, TaskSpec, summary_line
+from airflow_dataflow.exceptions import DataflowError
+from airflow_dataflow.hooks.manifest import DatasetManifestHook
+from airflow_dataflow.runners.base import Runner
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+STAGES = ("all", "plan", "batch", "commit")
+
+
+def _as_inputs(inputs: Any) -> dict[str, DirectoryDataset]:
+    if inputs is None:
+        return {}
+    if isinstance(inputs, DirectoryDataset):
+        inputs = [inputs]
+    if isinstance(inputs, Mapping):
+        return {str(k): v for k, v in inputs.items()}
+    return {ds.dataset_name: ds for ds in inputs}
+
+
+class DataflowOperator(BaseOperator):
+    """Run a command against input datasets into an output dataset, skipping unchanged work.
+
+    The command sees the task I/O contract (see :mod:`airflow_dataflow.runners.base`):
+    read-only input directories, an empty output directory and, in per-file
+    mode, the list of files to process. Its output is hashed and committed
+    atomically as the new snapshot of ``output``; the asset event and the commit
+    log record the counts ``processed``, ``reused`` and ``deleted``.
+
+    :param command: argv of the command (templated)
+    :param output: the dataset this task produces
+    :param inputs: datasets read: a dataset, a list, or a mapping name -> dataset
+    :param mode: ``per_file`` (only added and modified input files run; deleted
+        ones drop their outputs) or ``whole`` (the output depends on the whole input)
+    :param image: container image; part of the cache key even for the local runner
+    :param per_file_input: per-file mode: the input iterated file by file
+        (default: the first); the others are read whole
+    :param env: non-secret environment variables for the command (templated;
+        part of the cache key)
+    :param secret_env: secret environment variables (not part of the cache key)
+    :param dataflow_params: params given as ``$DATAFLOW_PARAMS`` (templated;
+        part of the cache key)
+    :param version: a string to bump when the code changed in a way the image
+        and command do not show
+    :param partition: partition key (templated); default: the DAG run's
+        partition key
+    :param runner: ``local`` or ``kubernetes``; default: ``[dataflow] runner``
+    :param batch_size: files per batch in per-file mode; default ``[dataflow] batch_size``
+    :param stage: ``all`` (plan, run and commit here), or one step of a fan-out
+        built by :func:`dataflow_task`: ``plan``, ``batch`` or ``commit``
+    :param batch_index: the batch a ``batch`` stage runs (mapped)
+    :param plan_task_id: the ``plan`` stage a ``batch`` or ``commit`` stage follows
+    """
+
+    template_fields: Sequence[str] = ("command", "env", "dataflow_params", "partition", "version")
+    template_fields_renderers = {"env": "json", "dataflow_params": "json"}
+    ui_color = "#d9ecff"
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str],
+        output: DirectoryDataset,
+        inputs: Any = None,
+        mode: str = WHOLE,
+        image: str = "local",
+        per_file_input: str | None = None,
+        env: dict[str, str] | None = None,
+        secret_env: dict[str, str] | None = None,
+        dataflow_params: dict[str, Any] | None = None,
+        version: str = "",
+        partition: str | None = None,
+        runner: str | None = None,
+        batch_size: int | None = None,
+        stage: str = "all",
+        batch_index: int | None = None,
+        plan_task_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if stage not in STAGES:
+            raise DataflowError(f"stage must be one of {STAGES}, not {stage!r}")
+        if mode not in (PER_FILE, WHOLE):
+            raise DataflowError(f"mode must be 'per_file' or 'whole', not {mode!r}")
+        self.inputs = _as_inputs(inputs)
+        if stage in ("all", "commit"):
+            kwargs.setdefault("outlets", [output])
+        kwargs.setdefault("inlets", list(self.inputs.values()))
+        super().__init__(**kwargs)
+        self.command = list(command)
+        self.output_dataset = output
+        self.mode = mode
+        self.image = image
+        self.per_file_input = per_file_input
+        self.env = env or {}
+        self.secret_env = secret_env or {}
+        self.dataflow_params = dataflow_params or {}
+        self.version = version
+        self.partition = partition
+        self.runner = runner
+        self.batch_size = batch_size
+        self.stage = stage
+        self.batch_index = batch_index
+        self.plan_task_id = plan_task_id
+
+    # -- collaborators -------------------------------------------------------------------
+    @cached_property
+    def config(self) -> DataflowConfig:
+        """The deployment's settings (read when the task runs)."""
+        return DataflowConfig.load()
+
+    @cached_property
+    def hook(self) -> DatasetManifestHook:
+        """All storage I/O."""
+        return DatasetManifestHook(aws_conn_id=self.output_dataset.aws_conn_id, progress=self.log.info)
+
+    def make_runner(self) -> Runner:
+        """Return the runner that executes the command."""
+        name = self.runner or self.config.runner
+        if name == "local":
+            from airflow_dataflow.runners.local import LocalRunner
+
+            return LocalRunner()
+        raise DataflowError(
+            f"task {self.task_id!r}: runner {name!r} cannot run inside DataflowOperator; "
+            "use KubernetesDataflowOperator for the kubernetes runner"
+        )
+
+    def spec(self, context: Context) -> TaskSpec:
+        """Return the task's spec with templates rendered."""
+        partition = self.partition or context.get("partition_key") or None
+        return TaskSpec(
+            task_id=self.task_id,
+            dag_id=self.dag_id,
+            command=tuple(self.command),
+            image=self.image,
+            inputs=self.inputs,
+            output=self.output_dataset,
+            mode=self.mode,
+            per_file_input=self.per_file_input,
+            env=dict(self.env),
+            secret_env=dict(self.secret_env),
+            params=dict(self.dataflow_params),
+            version=self.version,
+            partition=partition if (self.output_dataset.partitioned or any(d.partitioned for d in self.inputs.values())) else None,
+            batch_size=self.batch_size or self.config.batch_size,
+            max_batches=self.config.max_batches,
+        )
+
+    def engine(self, context: Context) -> Engine:
+        """Return the engine of this task."""
+        return Engine(self.spec(context), self.hook, self.make_runner(), self.log.info, self.config.env)
+
+    def commit_info(self, context: Context, spec: TaskSpec) -> CommitInfo:
+        """Return who and what commits, from the task context."""
+        ti = context["ti"]
+        return CommitInfo(
+            author=self.config.owner,
+            env=self.config.env,
+            dag_id=self.dag_id,
+            task_id=self.task_id,
+            run_id=context.get("run_id"),
+            map_index=getattr(ti, "map_index", -1) if ti is not None else -1,
+            try_number=getattr(ti, "try_number", None) if ti is not None else None,
+            partition=spec.partition,
+            stats={"runner": self.runner or self.config.runner},
+        )
+
+    # -- execution -----------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        engine = self.engine(context)
+        if self.stage == "all":
+            result = engine.execute(self.commit_info(context, engine.spec))
+            return self._report(context, engine, result.stats)
+        if self.stage == "plan":
+            plan = engine.plan()
+            self.log.info(
+                "plan %s: %d file(s) to process in %d batch(es), %d reused, %d deleted input(s)",
+                plan.plan_id,
+                plan.todo.num_rows if plan.todo is not None else 0,
+                plan.n_batches,
+                plan.reused_inputs,
+                plan.deleted_inputs,
+            )
+            context["ti"].xcom_push(key="pins", value=plan.pins)
+            return list(range(plan.n_batches))
+        pins = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="pins")
+        if not pins:
+            raise DataflowError(f"task {self.task_id!r}: no plan pins from {self.plan_task_id!r}; run the plan task first")
+        plan = engine.plan(pins)
+        if self.stage == "batch":
+            if self.batch_index is None:
+                raise DataflowError(f"task {self.task_id!r}: a batch stage needs batch_index (map it over the plan)")
+            stored = engine.run_batch(plan, int(self.batch_index))
+            return {"batch": self.batch_index, "outputs": len(stored), "bytes": stored.total_bytes}
+        result = engine.finish(plan, self.commit_info(context, engine.spec), engine.load_batches(plan))
+        return self._report(context, engine, result.stats)
+
+    def _report(self, context: Context, engine: Engine, stats: dict[str, Any]) -> dict[str, Any]:
+        extra = {k: v for k, v in stats.items() if k not in ("components",)}
+        extra["dataset"] = self.output_dataset.dataset_name
+        extra["env"] = self.output_dataset.env
+        events = context.get("outlet_events")
+        if events is not None:
+            event = events[self.output_dataset]
+            event.extra = extra
+            if engine.spec.partition:
+                event.add_partitions(engine.spec.partition)
+        self.log.info(summary_line(self.task_id, stats))
+        return extra
+
+
+def dataflow_task(task_id: str, *, fan_out: bool = False, **kwargs: Any) -> Any:
+    """Return a dataflow task: one operator, or a plan -> mapped batches -> commit group.
+
+    With ``fan_out=True`` (per-file mode), a large change set is split into
+    batches that run as mapped tasks (``max_map_length`` respected through
+    ``[dataflow] max_batches``); each mapped batch re-derives its files from the
+    pinned manifests, and only the commit step emits the asset event.
+
+    :param task_id: the operator's task id, or the group's id with ``fan_out``
+    :param kwargs: :class:`DataflowOperator` arguments
+    """
+    if not fan_out:
+        return DataflowOperator(task_id=task_id, **kwargs)
+    if kwargs.get("mode") != PER_FILE:
+        raise DataflowError(f"{task_id}: fan_out needs mode='per_file'")
+    with TaskGroup(group_id=task_id) as group:
+        plan = DataflowOperator(task_id="plan", stage="plan", **kwargs)
+        plan_id = plan.task_id
+        batches = DataflowOperator.partial(
+            task_id="batch", stage="batch", plan_task_id=plan_id, **kwargs
+        ).expand(batch_index=plan.output)
+        commit = DataflowOperator(
+            task_id="commit", stage="commit", plan_task_id=plan_id, trigger_rule="none_failed", **kwargs
+        )
+        plan >> batches >> commit
+    return group

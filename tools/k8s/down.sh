@@ -117,6 +117,15 @@ done
 rm -rf "$CTRD_STATE" "$CNI_DATA_DIR" "$RUN"
 mkdir -p "$RUN"
 
+# Paths the kubelet hard-codes outside its root dir: the container log links
+# (pointing into our pod-logs) and the device-plugin socket.
+find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+rmdir /var/log/containers /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
+# Directories containerd 1.6 and libcni hard-code (shim sockets, the CNI
+# result cache): removed only when empty, so a system containerd is unaffected.
+rmdir /run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+
 # 8. Kernel tunables the kubelet changed.
 if [ -f "$STATE/sysctl.orig" ]; then
   while IFS='=' read -r k v; do

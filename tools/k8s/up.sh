@@ -44,15 +44,10 @@ fi
 
 # 1. Host packages (Debian), only when missing.
 need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v containerd >/dev/null || need+=(containerd)
-command -v runc >/dev/null || need+=(runc)
-[ -x "$CNI_BIN_DIR/bridge" ] || need+=(containernetworking-plugins)
-[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
-command -v gcc >/dev/null || need+=(gcc libc6-dev)
-command -v openssl >/dev/null || need+=(openssl)
-command -v iptables >/dev/null || need+=(iptables)
-command -v file >/dev/null || need+=(file)
+for pkg in etcd-server containerd runc containernetworking-plugins busybox-static \
+           gcc libc6-dev openssl curl iproute2 util-linux; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -143,6 +138,7 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --service-account-private-key-file "$PKI/sa.key" --use-service-account-credentials \
   --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
+  --flex-volume-plugin-dir "$STATE/controller-manager-volume-plugins" \
   --leader-elect=false --profiling=false
 
 start kube-scheduler "$K8S_BIN/kube-scheduler" \

@@ -117,7 +117,7 @@ class CacheIndex:
             fresh = table.filter(pc.invert(pc.is_in(table.column("cache_key"), value_set=covered)))
             if fresh.num_rows:
                 out.append(fresh)
-                covered = pa.concat_arrays([covered, pc.unique(fresh.column("cache_key")).combine_chunks()])
+                covered = pa.concat_arrays([covered, pc.unique(fresh.column("cache_key"))])
         return pa.concat_tables(out) if out else SEGMENT_SCHEMA.empty_table()
 
     def put_files(self, code_key: str, rows: pa.Table) -> None:

@@ -22,7 +22,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 from airflow_dataflow.dataset import DirectoryDataset
 from airflow_dataflow.operators.dataflow import dataflow_task
@@ -70,9 +70,15 @@ with DAG(
     catchup=False,
     tags=["dataflow", "example"],
     doc_md=__doc__,
+    params={"wait_for_change": Param(True, type="boolean", description="wait for a change of the landing files")},
 ) as dag:
     wait = DirectoryChangeSensor(
-        task_id="wait_for_landing", dataset=landing, poke_interval=5, timeout=60, mode="reschedule"
+        task_id="wait_for_landing",
+        dataset=landing,
+        wait="{{ params.wait_for_change }}",
+        poke_interval=5,
+        timeout=60,
+        mode="reschedule",
     )
     clean = dataflow_task(
         "clean",

@@ -22,6 +22,8 @@ class LocalRunner(Runner):
     """
 
     name = "local"
+    #: commands started by local runners in this process (for demos and tests)
+    started = 0
 
     def __init__(self, inherit_env: bool = True) -> None:
         self.inherit_env = inherit_env
@@ -32,6 +34,7 @@ class LocalRunner(Runner):
         env.update(request.contract_env())
         shown = " ".join(request.command)
         log(f"run: {shown}")
+        LocalRunner.started += 1
         try:
             proc = subprocess.Popen(
                 request.command,

@@ -34,9 +34,13 @@ class DirectoryChangeSensor(BaseSensorOperator):
         place, and tasks check that a file did not change since before reading it
     :param partition: partition key (templated); default: the DAG run's
     :param deferrable: wait in the triggerer instead of a worker slot
+    :param wait: True: wait for a change; False: commit the directory's current
+        state if it changed and succeed either way, so downstream tasks run (and
+        hit their caches when nothing changed). Templated; a string
+        ``"false"``/``"0"`` counts as False.
     """
 
-    template_fields: Sequence[str] = ("partition",)
+    template_fields: Sequence[str] = ("partition", "wait")
     ui_color = "#e8f4e8"
 
     def __init__(
@@ -45,6 +49,7 @@ class DirectoryChangeSensor(BaseSensorOperator):
         dataset: DirectoryDataset,
         partition: str | None = None,
         deferrable: bool = False,
+        wait: bool | str = True,
         **kwargs: Any,
     ) -> None:
         if dataset.owned:
@@ -58,6 +63,12 @@ class DirectoryChangeSensor(BaseSensorOperator):
         self.dataset = dataset
         self.partition = partition
         self.deferrable = deferrable
+        self.wait = wait
+
+    def _waits(self) -> bool:
+        if isinstance(self.wait, str):
+            return self.wait.strip().lower() not in ("false", "0", "no", "off", "")
+        return bool(self.wait)
 
     @cached_property
     def hook(self) -> DatasetManifestHook:
@@ -78,6 +89,10 @@ class DirectoryChangeSensor(BaseSensorOperator):
             )
 
     def execute(self, context: Context) -> Any:
+        if not self._waits():
+            self._check_env()
+            partition = self._partition(context)
+            return self._commit_if_changed(context, partition) or self._unchanged_ref(partition)
         if not self.deferrable:
             return super().execute(context)
         self._check_env()
@@ -111,6 +126,24 @@ class DirectoryChangeSensor(BaseSensorOperator):
         if result is None:  # changed and changed back between the trigger and now
             raise DataflowError(f"{self.dataset.name}: the change the trigger saw is gone; the sensor will rerun")
         return result
+
+    def _unchanged_ref(self, partition: str | None) -> dict[str, Any]:
+        head = self.hook.head(self.dataset, partition)
+        digest = head.digest if head is not None else None
+        n = len(head) if head is not None else 0
+        return {
+            "dataset": self.dataset.dataset_name,
+            "env": self.dataset.env,
+            "partition": partition,
+            "from": digest,
+            "to": digest,
+            "files": n,
+            "bytes": head.total_bytes if head is not None else 0,
+            "added": 0,
+            "modified": 0,
+            "deleted": 0,
+            "unchanged": n,
+        }
 
     def poke(self, context: Context) -> PokeReturnValue:
         self._check_env()

@@ -265,11 +265,11 @@ class LocalStorage(Storage):
         """Return HEAD: the target of the dataset's symlink, or the HEAD file of a source."""
         where = loc.path if loc.owned else self._head_file(loc)
         try:
-            if loc.owned:
-                if os.path.lexists(loc.path) and not os.path.islink(loc.path):
-                    return None  # a plain directory nobody committed yet
+            if loc.owned and not (os.path.isdir(loc.path) and not os.path.islink(loc.path)):
                 digest = os.path.basename(os.path.dirname(os.readlink(loc.path)))
             else:
+                # an observed source, or a plain directory: HEAD is a file (if any)
+                where = self._head_file(loc)
                 with open(where, encoding="utf-8") as fh:
                     digest = fh.read().strip()
         except FileNotFoundError:
@@ -332,23 +332,31 @@ class LocalStorage(Storage):
     ) -> Manifest:
         """Hardlink (or copy across filesystems) staged files into the content store.
 
-        A file whose digest is already stored is not stored again.
+        A file whose digest is already stored is not stored again. The returned
+        manifest records each stored object's own mtime, so that later checks of
+        the object (cache hits) compare against what is really on disk.
         """
         prog = Progress(f"store {loc.uri}", progress)
         locations = []
+        mtimes = []
         for n, (rel, digest) in enumerate(
             zip(manifest.table.column("path").to_pylist(), manifest.table.column("digest").to_pylist(), strict=True),
             1,
         ):
-            self._store_object(loc, os.path.join(staging, rel), digest)
+            mtimes.append(self._store_object(loc, os.path.join(staging, rel), digest))
             locations.append(file_uri(loc.object_key(digest)))
             prog.tick(n, len(manifest))
-        return manifest.with_columns(location=pa.array(locations, pa.string()))
+        return manifest.with_columns(
+            location=pa.array(locations, pa.string()), mtime_ns=pa.array(mtimes, pa.int64())
+        )
 
-    def _store_object(self, loc: DatasetLocation, src: str, digest: str) -> None:
+    def _store_object(self, loc: DatasetLocation, src: str, digest: str) -> int:
+        """Store ``src`` as object ``digest`` unless present; return the object's mtime."""
         dst = loc.object_key(digest)
-        if os.path.exists(dst):
-            return
+        try:
+            return os.stat(dst).st_mtime_ns
+        except FileNotFoundError:
+            pass
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         tmp = f"{dst}.tmp-{uuid.uuid4().hex}"
         try:
@@ -359,6 +367,7 @@ class LocalStorage(Storage):
             shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o444)
         os.replace(tmp, dst)
+        return os.stat(dst).st_mtime_ns
 
     def store_snapshot(self, loc: DatasetLocation, manifest: Manifest) -> None:
         """Write the manifest and, for owned datasets, the hardlinked tree."""

@@ -32,8 +32,11 @@ if ! flock -n 9; then
   [ -x "$DEST/bin/kubelet" ] && { echo "k8s-build: built by the other run"; exit 0; }
 fi
 
+# Under the lock no other build runs: what is left of a killed one can go.
+rm -rf "$CACHE/.build-$K8S_VERSION".* "$DEST.old"
 WORK="$(mktemp -d "$CACHE/.build-$K8S_VERSION.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM HUP
 # The wrapper module: a go.mod that requires k8s.io/kubernetes and replaces
 # every staging module (the ./staging/src/... replaces of its own go.mod,
 # which Go ignores in a dependency) with the published v0.X.Y release.

@@ -25,7 +25,7 @@ def decode_name(raw: bytes, where: str) -> str:
     except UnicodeDecodeError:
         shown = raw.decode("utf-8", errors="backslashreplace")
         raise InvalidPathError(
-            f"file name {shown!r} in {where!r} is not valid UTF-8; "
+            f"file name '{shown}' in {where!r} is not valid UTF-8 (undecodable bytes shown as \\xNN); "
             "rename it to UTF-8 (dataset paths are UTF-8 so that manifests, S3 keys "
             "and every reader agree on them)"
         ) from None

@@ -9,12 +9,13 @@ Fixtures for later test files:
 
 - ``kubeconfig_path``: the kubeconfig in use (session).
 - ``k8s_client``: a ``kubernetes.client.ApiClient`` for it (session).
-- ``core_v1``: a ``CoreV1Api`` on that client (session).
+- ``core_v1``, ``rbac_v1``: ``CoreV1Api``, ``RbacAuthorizationV1Api`` on it (session).
 - ``k8s_namespace``: a fresh namespace per test module, deleted afterwards.
 - ``task_image``: the local task image (``localhost/dataflow-task:dev``, or
   ``$DATAFLOW_K8S_TASK_IMAGE``); pods use it with ``imagePullPolicy: Never``.
 - ``run_pod``: create a pod in the module's namespace, wait for it to finish
-  and return ``(pod, logs)``.
+  and return ``(pod, logs)``; ``wait_for_pod`` and ``pod_logs`` are the
+  plain functions behind it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def _node_ready(node: Any) -> bool:
 @pytest.fixture(scope="session")
 def core_v1(k8s_client: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(k8s_client)
+
+
+@pytest.fixture(scope="session")
+def rbac_v1(k8s_client: client.ApiClient) -> client.RbacAuthorizationV1Api:
+    return client.RbacAuthorizationV1Api(k8s_client)
 
 
 @pytest.fixture(scope="session")

@@ -418,7 +418,12 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         )
     w = [max(len(r[i]) for r in rows + [("figure", "value", "target", "")]) for i in range(4)]
     print()
-    print(f"airflow-dataflow bench  ({f['cpus']} CPUs, {f['cpu']}, Python {f['python']})")
+    print(
+        f"airflow-dataflow bench  ({f['cpus']} CPUs, {f['cpu']}, Python {f['python']}; "
+        f"1-min load average {f['loadavg_start']} at start, {f['loadavg_end']} at end)"
+    )
+    if max(f["loadavg_start"], f["loadavg_end"]) > (f["cpus"] or 1):
+        print("warning: the machine was busy with other work; figures are noisy, rerun on an idle machine")
     if "cold_s" in f:
         print(f"note: {WARM_NOTE}")
     print(f"{'figure':<{w[0]}}  {'value':<{w[1]}}  {'target':<{w[2]}}  result")
@@ -477,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "repeat": args.repeat,
         "warm_cache": True,
+        "loadavg_start": round(os.getloadavg()[0], 2),
     }
     t0 = time.perf_counter()
     if not args.skip_scan:
@@ -484,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_diff:
         bench_diff(args, figures)
     figures["bench_total_s"] = round(time.perf_counter() - t0, 1)
+    figures["loadavg_end"] = round(os.getloadavg()[0], 2)
     report(figures, args)
     return 0  # a MISS is reported, not an error
 

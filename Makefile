@@ -38,4 +38,5 @@ clean-demo:
 	rm -rf demo-data
 
 include tools/s3/s3.mk
--include tools/k8s/k8s.mk
+include tools/k8s/k8s.mk
+test-k8s: setup

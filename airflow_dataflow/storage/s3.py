@@ -1058,6 +1058,31 @@ class S3Storage(Storage):
                 pass
             raise
 
+    def download_rows(self, rows: Any, dest: str, *, progress: ProgressFn | None = None) -> None:
+        """Download the files of manifest rows (``path``, ``digest``, ``location``) under ``dest``.
+
+        Each file is checked against its digest; work runs in parallel threads.
+        """
+        items = list(
+            zip(
+                rows.column("path").to_pylist(),
+                rows.column("digest").to_pylist(),
+                rows.column("location").to_pylist(),
+                strict=True,
+            )
+        )
+        prog = Progress(f"download to {dest}", progress)
+
+        def one(item: tuple[str, str, str | None]) -> None:
+            rel, digest, location = item
+            if location is None:
+                raise StorageError(f"file {rel!r} has no stored bytes (empty location); it cannot be staged")
+            self.download(location, os.path.join(dest, rel), digest=digest)
+
+        os.makedirs(dest, exist_ok=True)
+        for n, _ in enumerate(self._pool_map(one, items), 1):
+            prog.tick(n, len(items))
+
 
 def _content_digest(location: str | None) -> str | None:
     """Return the digest of a content-store ``s3://`` URI, or None for any other location."""

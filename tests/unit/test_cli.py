@@ -73,16 +73,28 @@ class Run:
         return json.loads(self.stdout)
 
 
-def run_all(cmds: dict[str, list[str]]) -> dict[str, Run]:
-    """Start every command at once (each pays the Airflow import), then collect them."""
-    procs = {
-        k: subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for k, args in cmds.items()
-    }
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(args: list[str], proc: subprocess.Popen) -> Run:
+    stdout, stderr = proc.communicate(timeout=180)
+    return Run(args, proc.returncode, stdout, stderr)
+
+
+def run_all(cmds: dict[str, list[str]], then: dict[str, tuple[str, list[str]]]) -> dict[str, Run]:
+    """Start every command at once (each pays the Airflow import), then collect them.
+
+    :param then: key -> (the key it needs, args): started as soon as that one ends
+    """
+    procs = {k: _start(args) for k, args in cmds.items()}
     out = {}
+    for key, (after, args) in then.items():
+        out[after] = _finish(cmds[after], procs.pop(after))
+        procs[key] = _start(args)
+        cmds = {**cmds, key: args}
     for k, p in procs.items():
-        stdout, stderr = p.communicate(timeout=120)
-        out[k] = Run(cmds[k], p.returncode, stdout, stderr)
+        out[k] = _finish(cmds[k], p)
     return out
 
 
@@ -134,11 +146,11 @@ def cli(tmp_path_factory):
         "log": ["log", ds, "--json"],
         "show_head": ["show", ds],
         "bad_missing": ["scan", missing, "--json"],
-        "bad_corrupt": ["diff", corrupt, b, "--json"],
     }
-    results = run_all(cmds)
-    # needs the manifest written above
-    results.update(run_all({"diff_manifest": ["diff", manifest_out, b, "--json"]}))
+    # needs the manifest that `scan -o` writes
+    then = {"diff_manifest": ("scan_a_out", ["diff", manifest_out, b, "--json"])}
+    results = run_all(cmds, then)
+
     # variants run in-process through the same entry point (main), output captured
     inproc = {
         "scan_a_text": ["scan", a],
@@ -149,6 +161,7 @@ def cli(tmp_path_factory):
         "show_old": ["show", f"{ds}@{digests[0][:10]}", "--json"],
         "bad_symlink": ["scan", escaping],
         "bad_digest": ["show", f"{ds}@{'0' * 12}"],
+        "bad_corrupt": ["diff", corrupt, b, "--json"],
     }
     for key, args in inproc.items():
         results[key] = run_main(args)

@@ -4,7 +4,8 @@
 # digest is already there is left alone, so this is cheap when nothing changed.
 #   build-all.sh [NAME...]   (NAME = recipe folder; default: all)
 # Image names: localhost/<folder>:<tag>, tag from versions.env for pause,
-# "dev" otherwise.
+# "dev" otherwise. An optional <folder>/image.args holds the recipe's
+# oci_image.py settings (--env, --user, ...; see OCI_IMAGE_ARGS in build-image.sh).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -21,7 +22,8 @@ for n in "${names[@]}"; do
   work="$(mktemp -d)"
   mkdir "$work/rootfs"
   mapfile -t ep < <("$recipe" "$work/rootfs")
-  IMAGE_OUT="$work/image.tar" "$K8S_TOOLS/images/build-image.sh" "$image" "$work/rootfs" "${ep[@]}" 2>/dev/null
+  args="$(cat "$K8S_TOOLS/images/$n/image.args" 2>/dev/null || true)"
+  OCI_IMAGE_ARGS="$args" IMAGE_OUT="$work/image.tar" "$K8S_TOOLS/images/build-image.sh" "$image" "$work/rootfs" "${ep[@]}" 2>/dev/null
   want="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' \
     <(tar -xOf "$work/image.tar" index.json))"
   have="$(ctr images ls "name==$image" 2>/dev/null | awk 'NR>1 {print $3}')"

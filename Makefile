@@ -33,6 +33,8 @@ apt-bench:
 
 bench: setup apt-bench
 	$(PY) bench/scan.py
+	$(PY) bench/incremental.py --json
+	$(PY) bench/cached_rerun.py --json
 
 clean-demo:
 	rm -rf demo-data

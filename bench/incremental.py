@@ -158,6 +158,17 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def remove_tree(root: Path) -> None:
+    """Remove the work directory (committed snapshot trees are read-only: make them writable first)."""
+    log(f"removing {root}")
+    for dirpath, _, _ in os.walk(root):
+        try:
+            os.chmod(dirpath, 0o755)
+        except OSError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------
 # source data
 # ---------------------------------------------------------------------------------
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep or args.root:
             log(f"kept {root}")
         else:
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root)
 
 
 def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Benchmark of a fully cached rerun against no-op tasks (``make bench``).
+
+Two DAGs of the same shape (20 tasks: a generator, three branches of six
+tasks, a join), written by this script into a temporary DAGS_FOLDER and run
+with ``dag.test()`` against a SQLite metadata DB in a temporary AIRFLOW_HOME,
+all in this process:
+
+* ``bench_cached``: 20 ``DataflowOperator`` tasks on tiny inputs (local runner),
+  whole and per-file mixed: ``gen`` (whole, no input) -> per-file -> per-file
+  -> whole -> per-file -> per-file -> whole (three times) -> ``join`` (whole,
+  three inputs);
+* ``bench_noop``: 20 ``PythonOperator`` tasks that do nothing, same edges.
+
+The no-op DAG runs once untimed first: the first ``dag.test()`` of a process
+starts the in-process API server (about 20 s). The dataflow DAG then runs once
+cold (every command runs), after which its inputs never change. The timed
+runs alternate no-op / cached, ``--repeat`` times each (default 3); the
+medians count. Every cached run must start no task command
+(``LocalRunner.started`` does not move) and every task's commit must record
+``cache: hit``. A missed target is printed as MISS (exit status 0); a broken
+invariant exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TARGET_RATIO = 1.5  # median cached run / median no-op run
+DAG_MODULE = "bench_cached_rerun_dags"
+
+DAG_FILE = r'''
+"""DAGs of bench/cached_rerun.py (generated; do not edit)."""
+import os
+from datetime import datetime
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+from airflow_dataflow.dataset import DirectoryDataset
+from airflow_dataflow.operators.dataflow import DataflowOperator
+
+ROOT = os.environ["DATAFLOW_BENCH_ROOT"]
+START = datetime(2026, 1, 1)
+# per branch: the mode of each of the six tasks
+BRANCH = ("per_file", "per_file", "whole", "per_file", "per_file", "whole")
+
+GEN = 'for i in 1 2 3 4 5; do printf "%s,row\n" "$i" > "$DATAFLOW_OUTPUT_DIR/part-$i.csv"; done'
+PER_FILE = 'while IFS= read -r f; do sed "s/$/,{tag}/" "$DATAFLOW_INPUT_DIR/$f" > "$DATAFLOW_OUTPUT_DIR/$f"; done < "$DATAFLOW_FILES"'
+WHOLE = 'for f in "$DATAFLOW_INPUT_DIR"/*.csv; do sort -r "$f" > "$DATAFLOW_OUTPUT_DIR/${{f##*/}}"; done; echo {tag} > "$DATAFLOW_OUTPUT_DIR/stamp.txt"'
+JOIN = 'cat "$DATAFLOW_INPUT_B0"/*.csv "$DATAFLOW_INPUT_B1"/*.csv "$DATAFLOW_INPUT_B2"/*.csv | sort > "$DATAFLOW_OUTPUT_DIR/joined.csv"'
+
+
+def dataset(name):
+    return DirectoryDataset(f"bench_{name}", f"file://{ROOT}/{{env}}/{name}")
+
+
+def noop():
+    return None
+
+
+def shape(make):
+    """Build the 20-task shape with ``make(task_id, inputs, output, mode, command)``."""
+    gen_out = dataset("gen")
+    gen = make("gen", None, gen_out, "whole", GEN)
+    ends = []
+    for b in range(3):
+        upstream, up_task = gen_out, gen
+        for i, mode in enumerate(BRANCH, 1):
+            name = f"b{b}_{i}"
+            out = dataset(name)
+            template = PER_FILE if mode == "per_file" else WHOLE
+            task = make(name, {"in": upstream}, out, mode, template.format(tag=name))
+            up_task >> task
+            upstream, up_task = out, task
+        ends.append((upstream, up_task))
+    join = make("join", {f"b{b}": ds for b, (ds, _) in enumerate(ends)}, dataset("join"), "whole", JOIN)
+    for _, task in ends:
+        task >> join
+
+
+def make_dataflow(task_id, inputs, output, mode, command):
+    return DataflowOperator(
+        task_id=task_id, command=["sh", "-c", command], inputs=inputs, output=output, mode=mode, runner="local"
+    )
+
+
+def make_noop(task_id, inputs, output, mode, command):
+    return PythonOperator(task_id=task_id, python_callable=noop)
+
+
+with DAG(dag_id="bench_cached", schedule=None, start_date=START, catchup=False) as cached:
+    shape(make_dataflow)
+
+with DAG(dag_id="bench_noop", schedule=None, start_date=START, catchup=False) as noop_dag:
+    shape(make_noop)
+'''
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def remove_tree(root: Path) -> None:
+    """Remove the work directory (committed snapshot trees are read-only: make them writable first)."""
+    log(f"removing {root}")
+    for dirpath, _, _ in os.walk(root):
+        try:
+            os.chmod(dirpath, 0o755)
+        except OSError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_dag(dag: Any) -> float:
+    """Run ``dag`` once with ``dag.test()``; return the wall time."""
+    started = time.perf_counter()
+    run = dag.test()
+    took = time.perf_counter() - started
+    state = str(getattr(run, "state", None))
+    if "success" not in state:
+        raise SystemExit(f"[bench] {dag.dag_id}: the DAG run ended {state}; see the logs under $AIRFLOW_HOME")
+    return took
+
+
+def cache_states(root: Path, dag: Any) -> dict[str, str]:
+    """Return each dataflow task's ``cache`` field of its last commit."""
+    from airflow_dataflow.hooks.manifest import DatasetManifestHook
+
+    hook = DatasetManifestHook()
+    return {
+        t.task_id: str(hook.log_records(f"file://{root}/prod/{t.task_id}")[-1].info.stats.get("cache"))
+        for t in dag.tasks
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs of each DAG (default 3; the median counts)")
+    p.add_argument("--root", help="work directory (default: a new temporary directory, removed at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--json", action="store_true", help="also print every figure as one JSON line")
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+
+    root = Path(args.root or tempfile.mkdtemp(prefix="dataflow-bench-cached-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    dags = root / "dags"
+    dags.mkdir(exist_ok=True)
+    (dags / f"{DAG_MODULE}.py").write_text(DAG_FILE)
+    os.environ.update({"DATAFLOW_BENCH_ROOT": str(root), "DATAFLOW_ENV": "prod"})
+    try:
+        return bench(root, dags, args)
+    finally:
+        if args.keep or args.root:
+            log(f"kept {root}")
+        else:
+            remove_tree(root)
+
+
+def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:
+    from dags_examples.demo import prepare_airflow
+
+    log(f"work directory {root}; migrating a SQLite metadata DB")
+    prepare_airflow(root / "airflow-home", dags)
+    sys.path.insert(0, str(dags))
+    mod = __import__(DAG_MODULE)
+    from airflow_dataflow.runners.local import LocalRunner
+
+    n_tasks = len(mod.cached.tasks)
+    assert n_tasks == len(mod.noop_dag.tasks) == 20, (n_tasks, len(mod.noop_dag.tasks))
+    f: dict[str, Any] = {"tasks": n_tasks, "repeat": args.repeat}
+    f["warmup_s"] = round(run_dag(mod.noop_dag), 2)
+    log(f"warm-up no-op run (starts the in-process API server, not counted): {f['warmup_s']:.1f}s")
+    before = LocalRunner.started
+    f["cold_s"] = round(run_dag(mod.cached), 2)
+    f["cold_commands"] = LocalRunner.started - before
+    log(f"cold dataflow run: {f['cold_s']:.1f}s, {f['cold_commands']} command(s)")
+
+    noop_times: list[float] = []
+    cached_times: list[float] = []
+    commands: list[int] = []
+    broken: list[str] = []
+    for i in range(args.repeat):
+        noop_times.append(run_dag(mod.noop_dag))
+        before = LocalRunner.started
+        cached_times.append(run_dag(mod.cached))
+        commands.append(LocalRunner.started - before)
+        states = cache_states(root, mod.cached)
+        misses = sorted(t for t, s in states.items() if s != "hit")
+        if misses:
+            broken.append(f"cached run {i + 1}: tasks not recorded as cache hits: {misses}")
+        log(f"round {i + 1}: no-op {noop_times[-1]:.2f}s, cached {cached_times[-1]:.2f}s, {commands[-1]} command(s)")
+    if any(commands):
+        broken.append(f"cached runs started task commands: {commands}")
+
+    f["noop_s"] = [round(t, 3) for t in noop_times]
+    f["cached_s"] = [round(t, 3) for t in cached_times]
+    f["cached_commands"] = commands
+    f["noop_median_s"] = round(statistics.median(noop_times), 3)
+    f["cached_median_s"] = round(statistics.median(cached_times), 3)
+    f["ratio_cached_to_noop"] = round(f["cached_median_s"] / f["noop_median_s"], 3)
+    f["per_task_overhead_s"] = round((f["cached_median_s"] - f["noop_median_s"]) / n_tasks, 3)
+    f["verdict"] = "PASS" if f["ratio_cached_to_noop"] <= TARGET_RATIO else "MISS"
+    f["invariants_broken"] = broken
+
+    print(f"\ncached-rerun benchmark: {n_tasks}-task DAGs, median of {args.repeat} runs each, "
+          f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}")
+    print(f"warm-up: the no-op DAG ran once first ({f['warmup_s']:.1f}s, not counted) so that neither DAG pays "
+          "the one-time start of dag.test()'s in-process API server")
+    print(f"\n{'run':<34} {'median s':>9}   runs (s)")
+    print(f"{'dataflow, cold (once, untimed)':<34} {f['cold_s']:>9.2f}   {f['cold_commands']} command(s)")
+    print(f"{'no-op PythonOperators':<34} {f['noop_median_s']:>9.2f}   {' '.join(f'{t:.2f}' for t in noop_times)}")
+    print(f"{'dataflow, fully cached':<34} {f['cached_median_s']:>9.2f}   {' '.join(f'{t:.2f}' for t in cached_times)}")
+    print(f"\ncached runs: LocalRunner.started moved by {commands} -> "
+          f"{'no task command executed' if not any(commands) else 'BROKEN: task commands ran'}")
+    print(f"extra cost of a cached dataflow task over a no-op task: {f['per_task_overhead_s'] * 1000:.0f} ms")
+    print(f"ratio cached / no-op (medians): {f['ratio_cached_to_noop']:.3f} (target <= {TARGET_RATIO}) {f['verdict']}")
+    for b in broken:
+        print(f"BROKEN: {b}")
+    if args.json:
+        print(json.dumps({"bench": "cached_rerun", **f}, sort_keys=True))
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

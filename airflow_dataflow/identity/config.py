@@ -50,7 +50,7 @@ on the storage; when ``fsGroup`` is set, the pod gets
 
 ``iam_role_pattern`` is an ARN with the placeholders ``{owner}``, ``{env}``,
 ``{dag_id}``, ``{task_id}``, ``{service_account}`` and ``{namespace}``, such as
-``arn:aws:iam::123456789012:role/dataflow-{service_account}``. The filled ARN is
+``arn:aws:iam::123456789012:role/dataflow/{service_account}``. The filled ARN is
 checked (``arn:<partition>:iam::<12 digits>:role/[path/]<name>``, a name of at
 most 64 characters of ``[A-Za-z0-9+=,.@_-]``); ``{service_account}`` always gives
 a valid name.
@@ -287,7 +287,8 @@ def iam_role_arn(
             f"[dataflow] iam_role_pattern {pattern!r} gives {arn!r} for task {dag_id}.{task_id} "
             f"(owner {owner!r}, env {env!r}), which is not an IAM role ARN "
             "(arn:aws:iam::<12-digit account>:role/<name of at most 64 of A-Za-z0-9+=,.@_->); "
-            "use {service_account} in the role name, which is always short and valid"
+            "{service_account} alone (at most 63 characters) always makes a valid role name; put a prefix "
+            "in the role path instead (role/dataflow/{service_account})"
         )
     return arn
 

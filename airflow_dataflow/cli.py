@@ -115,11 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Return the subcommand registrars of other modules (explain, k8s...)."""
+    import importlib
+
     out = []
     for module in ("airflow_dataflow.explain", "airflow_dataflow.identity.cli"):
         try:
-            mod = __import__(module, fromlist=["register_cli"])
-        except ImportError:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if not (err.name and module.startswith(err.name)):  # a broken extension must not hide
+                raise
             continue
         out.append(mod.register_cli)
     return out
@@ -127,6 +131,10 @@ def _extensions() -> list[Callable[..., None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for bad input, 1 for other errors)."""
+    import os
+
+    # Airflow logs to stdout; keep stdout for results (one JSON document with --json).
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

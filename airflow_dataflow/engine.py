@@ -159,6 +159,7 @@ class Engine:
         self.out_loc = spec.output.location(spec.partition)
         self.out_storage = hook.storage(self.out_loc)
         self.cache = CacheIndex(self.out_storage, self.out_loc)
+        self.damaged = False  # set when damaged objects were moved aside in this run
 
     # -- planning ---------------------------------------------------------------------
     def _input_loc(self, name: str) -> DatasetLocation:
@@ -229,6 +230,7 @@ class Engine:
             outputs = cached.filter(pc.is_valid(cached.column("path")))
             bad_rows = self._bad_rows(outputs)
             if bad_rows is not None and bad_rows.num_rows:
+                self._quarantine(bad_rows)
                 bad_keys = pc.unique(bad_rows.column("cache_key"))
                 self.log(f"cache: {len(bad_keys)} cached file(s) are missing or changed; they run again")
                 cached = cached.filter(pc.invert(pc.is_in(cached.column("cache_key"), value_set=bad_keys)))
@@ -276,7 +278,22 @@ class Engine:
 
     def _unverified(self, table: pa.Table) -> int:
         bad = self._bad_rows(table)
-        return 0 if bad is None else bad.num_rows
+        if bad is None:
+            return 0
+        self._quarantine(bad)
+        return bad.num_rows
+
+    def _quarantine(self, bad: pa.Table) -> None:
+        """Move damaged content-store objects aside, so a rerun stores fresh bytes (nothing is deleted)."""
+        quarantine = getattr(self.out_storage, "quarantine", None)
+        if quarantine is None:
+            return
+        for location in bad.column("location").to_pylist():
+            if location:
+                moved = quarantine(self.out_loc, location)
+                if moved:
+                    self.damaged = True
+                    self.log(f"cache: moved damaged object {location} aside to {moved}")
 
     # -- running ----------------------------------------------------------------------
     def _input_dir(self, name: str, manifest: Manifest, rows: pa.Table | None, scratch: str) -> str:
@@ -454,6 +471,9 @@ class Engine:
         stats["files"] = len(manifest)
         stats["bytes"] = manifest.total_bytes
         info = CommitInfo(**{**info.__dict__, "stats": {**info.stats, **stats}})
+        rebuild = getattr(self.out_storage, "rebuild_tree", None)
+        if self.damaged and rebuild is not None:
+            rebuild(self.out_loc, manifest)  # existing trees of this content still link the damaged bytes
         record = self.hook.commit(self.out_loc, manifest, info, parent=plan.parent)
         if spec.mode == WHOLE and plan.hit is None:
             self.cache.put_whole(plan.code.key, manifest.digest, plan.code.components())

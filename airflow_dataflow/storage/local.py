@@ -308,6 +308,20 @@ class LocalStorage(Storage):
             return loc.path
         return os.path.join(self._snap_dir(loc, digest), "tree")
 
+    def quarantine(self, loc: DatasetLocation, location: str) -> str | None:
+        """Move a damaged content-store object to ``_dataflow/quarantine/``; return where it went.
+
+        Only objects of ``loc``'s own store are moved; anything else is left alone.
+        """
+        path = _local_path(location)
+        if not inside(loc.objects, path) or not os.path.exists(path):
+            return None
+        dest_dir = os.path.join(loc.store_root, "quarantine")
+        os.makedirs(dest_dir, exist_ok=True)
+        dest = os.path.join(dest_dir, f"{os.path.basename(os.path.dirname(path))}{os.path.basename(path)}-{time.time_ns()}")
+        os.replace(path, dest)
+        return dest
+
     def put_meta(self, loc: DatasetLocation, rel: str, data: bytes) -> None:
         path = os.path.join(loc.store_root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -390,6 +404,24 @@ class LocalStorage(Storage):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def rebuild_tree(self, loc: DatasetLocation, manifest: Manifest) -> None:
+        """Relink an existing snapshot's tree to the current content-store objects.
+
+        Used after damaged objects were moved aside and stored again: the old tree's
+        hardlinks still point at the damaged inodes.
+        """
+        snap = self._snap_dir(loc, manifest.digest)
+        if not loc.owned or not os.path.isdir(os.path.join(snap, "tree")):
+            return
+        fresh = os.path.join(snap, f".tree-{uuid.uuid4().hex[:8]}")
+        self._build_tree(fresh, manifest)
+        old = os.path.join(snap, f".old-{uuid.uuid4().hex[:8]}")
+        os.rename(os.path.join(snap, "tree"), old)
+        os.rename(fresh, os.path.join(snap, "tree"))
+        for dirpath, _, _ in os.walk(old):
+            os.chmod(dirpath, 0o755)
+        shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
     def _build_tree(tree: str, manifest: Manifest) -> None:

@@ -40,7 +40,7 @@ def content_rows(m: Manifest) -> list[tuple]:
     return [(r["path"], r["size"], r["mtime_ns"], r["digest"]) for r in m.rows()]
 
 
-fast = settings(max_examples=60, deadline=None)
+fast = settings(max_examples=40, deadline=None)
 
 
 @fast

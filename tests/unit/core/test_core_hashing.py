@@ -8,7 +8,7 @@ import os
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_dataflow.core.hashing import (
@@ -68,6 +68,7 @@ def _shuffled(value, rnd):
     return value
 
 
+@settings(max_examples=50, deadline=None)
 @given(json_like, st.randoms(use_true_random=False))
 def test_hash_struct_is_dict_order_independent(value, rnd):
     assert hash_struct("t", _shuffled(value, rnd)) == hash_struct("t", value)

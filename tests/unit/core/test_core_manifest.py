@@ -71,14 +71,14 @@ def test_digest_known_value_pins_format():
     assert Manifest.from_rows(rows).digest == want
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(rows_st())
 def test_digest_equals_reference_formula(rows):
     m = Manifest.from_rows(rows)
     assert m.digest == reference_digest([(r["path"], r["digest"]) for r in rows])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(rows_st(min_size=1), st.randoms(use_true_random=False))
 def test_digest_does_not_depend_on_row_order(rows, rnd):
     shuffled = list(rows)
@@ -88,7 +88,7 @@ def test_digest_does_not_depend_on_row_order(rows, rnd):
     assert a.table.equals(b.table)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(rows_st(min_size=1), st.integers(0, 2**62), st.text(max_size=10))
 def test_digest_ignores_mtime_size_and_location(rows, mtime, loc):
     base = Manifest.from_rows(rows)
@@ -96,7 +96,7 @@ def test_digest_ignores_mtime_size_and_location(rows, mtime, loc):
     assert other.digest == base.digest
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(rows_st(min_size=1), digest_st, st.data())
 def test_digest_changes_with_any_content_or_name(rows, new_digest, data):
     base = Manifest.from_rows(rows)

@@ -199,7 +199,7 @@ def test_sigkill_while_building_the_snapshot_tree(committed, tmp_path):
     assert read_plain(loc.path) == big_files
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.9, 1.5])
+@pytest.mark.parametrize("delay", [0.5, 1.2])
 def test_sigkill_at_any_time_shows_old_or_complete_new(committed, tmp_path, delay):
     """Kill a commit after various delays: HEAD is the old snapshot, or the complete new one."""
     storage, loc, m0 = committed

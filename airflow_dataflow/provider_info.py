@@ -71,6 +71,36 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "prod",
                         "default": "prod",
                     },
+                    "identity_map": {
+                        "description": "YAML or JSON file giving task pods' runAsUser/runAsGroup (fsGroup, "
+                        "supplementalGroups) per owner and environment; see airflow_dataflow.identity.config.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/opt/airflow/dataflow/identities.yaml",
+                        "default": None,
+                    },
+                    "iam_role_pattern": {
+                        "description": "IAM role ARN of each task's ServiceAccount (eks.amazonaws.com/role-arn); "
+                        "placeholders {owner} {env} {dag_id} {task_id} {service_account} {namespace}.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "arn:aws:iam::123456789012:role/dataflow/{service_account}",
+                        "default": None,
+                    },
+                    "namespace": {
+                        "description": "Namespace of task pods; {env} allowed (dataflow-{env}: one per environment).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "dataflow-{env}",
+                        "default": "airflow",
+                    },
+                    "launcher_service_account": {
+                        "description": "ServiceAccount of the Airflow worker that launches task pods.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "airflow-worker",
+                        "default": "airflow-worker",
+                    },
                 },
             }
         },

@@ -162,3 +162,39 @@ def test_applying_again_changes_nothing(applied: str, manifests: dict[str, str],
         proc = kubectl(kubeconfig_path, "apply", "-f", "-", stdin=text)
         assert proc.returncode == 0, proc.stderr
         assert all(line.endswith("unchanged") for line in proc.stdout.strip().splitlines()), proc.stdout
+
+
+def test_task_pod_runs_restricted_as_its_identity(
+    applied: str, core_v1: client.CoreV1Api, k8s_client: client.ApiClient, run_pod: Any, task_image: str
+) -> None:
+    """A pod with the identity's ServiceAccount and security contexts passes the `restricted`
+    Pod Security Standard, runs with the uid/gids of the identity map, has no API token and
+    cannot write its root filesystem."""
+    from airflow_dataflow.identity.config import PodIdentity
+    from airflow_dataflow.identity.security import container_security_context, pod_security_context
+
+    core_v1.patch_namespace(applied, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    sa = service_account_name("alice", "test-alice", "sales_pipeline", "clean")
+    script = (
+        "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); "
+        "test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo token || echo no-token; "
+        "touch /rootfs-probe 2>/dev/null && echo rootfs-writable || echo rootfs-read-only"
+    )
+    spec = client.V1PodSpec(
+        service_account_name=sa,
+        security_context=pod_security_context(PodIdentity(20001, 20002, supplemental_groups=(10100,))),
+        containers=[
+            client.V1Container(
+                name="task",
+                image=task_image,
+                image_pull_policy="Never",
+                command=["sh", "-c", script],
+                security_context=container_security_context(),
+            )
+        ],
+    )
+    pod, logs = run_pod(k8s_client.sanitize_for_serialization(spec))
+    assert pod.status.phase == "Succeeded", logs
+    assert pod.spec.service_account_name == sa
+    assert "uid=20001 gid=20002" in logs and "10100" in logs.split("groups=")[1], logs
+    assert "no-token" in logs and "rootfs-read-only" in logs, logs

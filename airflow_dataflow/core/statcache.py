@@ -3,7 +3,8 @@
 A local file is trusted unchanged when its size, mtime, ctime and inode equal
 the cached ones, and its mtime is older than the scan that cached it (a file
 written during that scan could change again within the same timestamp tick: the
-"racily clean" case that git handles the same way). The cache is plain Parquet.
+"racily clean" case that git handles the same way). The cache is plain Parquet,
+and its lookup is one vectorised Arrow join.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 RACY_MARGIN_NS = 100_000_000  # coarse filesystem clocks tick every few ms
+FORMAT = b"airflow-dataflow-statcache"
 
 SCHEMA = pa.schema(
     [
@@ -25,27 +28,45 @@ SCHEMA = pa.schema(
         ("inode", pa.uint64()),
         ("digest", pa.string()),
     ],
-    metadata={b"dataflow.format": b"airflow-dataflow-statcache", b"dataflow.version": b"1"},
+    metadata={b"dataflow.format": FORMAT, b"dataflow.version": b"1"},
 )
-
-Key = tuple[int, int, int, int]
+KEYS = ("size", "mtime_ns", "ctime_ns", "inode")
 
 
 @dataclass
 class StatCache:
-    """Map of relative path to ((size, mtime_ns, ctime_ns, inode), digest)."""
+    """A table of (path, size, mtime_ns, ctime_ns, inode, digest) from one scan.
 
-    entries: dict[str, tuple[Key, str]] = field(default_factory=dict)
+    :param table: rows in :data:`SCHEMA`
+    :param scan_start_ns: when the scan that produced the rows started
+    :param hashed: how many files that scan read (0 for a cache loaded from disk)
+    """
+
+    table: pa.Table = field(default_factory=lambda: SCHEMA.empty_table())
     scan_start_ns: int = 0
+    hashed: int = 0
 
-    def lookup(self, path: str, key: Key) -> str | None:
-        """Return the cached digest if ``key`` matches and is not racy, else None."""
-        hit = self.entries.get(path)
-        if hit is None or hit[0] != key:
-            return None
-        if key[1] + RACY_MARGIN_NS >= self.scan_start_ns:
-            return None
-        return hit[1]
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def lookup_many(self, current: pa.Table) -> pa.Array:
+        """Return, for each row of ``current`` (path and the :data:`KEYS` columns), the
+        cached digest if every key matches and the entry is not racy, else null."""
+        n = current.num_rows
+        if not self.table.num_rows or not n:
+            return pa.nulls(n, pa.string())
+        idx = pc.index_in(current.column("path"), value_set=self.table.column("path"))
+        ok = pc.is_valid(idx)
+        for key in KEYS:
+            cached = self.table.column(key).take(idx)
+            ok = pc.and_(ok, pc.fill_null(pc.equal(current.column(key).cast(cached.type), cached), False))
+        not_racy = pc.less(
+            pc.add(current.column("mtime_ns"), pa.scalar(RACY_MARGIN_NS, pa.int64())),
+            pa.scalar(self.scan_start_ns, pa.int64()),
+        )
+        ok = pc.and_(ok, not_racy)
+        digests = self.table.column("digest").take(idx)
+        return pc.if_else(ok, digests, pa.scalar(None, pa.string()))
 
     @classmethod
     def load(cls, path: str) -> StatCache:
@@ -53,35 +74,19 @@ class StatCache:
         try:
             table = pq.read_table(path)
             meta = table.schema.metadata or {}
-            if meta.get(b"dataflow.format") != b"airflow-dataflow-statcache":
+            if meta.get(b"dataflow.format") != FORMAT:
                 return cls()
             start = int(meta.get(b"dataflow.scan_start_ns", b"0"))
-            cols = [table.column(n).to_pylist() for n in SCHEMA.names]
+            table = table.select(SCHEMA.names).cast(SCHEMA.remove_metadata())
         except (OSError, pa.ArrowException, ValueError, KeyError):
             return cls()
-        entries = {
-            p: ((s, m, c, i), d) for p, s, m, c, i, d in zip(*cols, strict=True)
-        }
-        return cls(entries=entries, scan_start_ns=start)
+        return cls(table=table, scan_start_ns=start)
 
     def save(self, path: str) -> None:
         """Write the cache atomically (temp file and rename)."""
-        paths = list(self.entries)
-        keys = [self.entries[p][0] for p in paths]
-        table = pa.table(
-            {
-                "path": paths,
-                "size": [k[0] for k in keys],
-                "mtime_ns": [k[1] for k in keys],
-                "ctime_ns": [k[2] for k in keys],
-                "inode": [k[3] for k in keys],
-                "digest": [self.entries[p][1] for p in paths],
-            },
-            schema=SCHEMA,
-        )
         meta = dict(SCHEMA.metadata)
         meta[b"dataflow.scan_start_ns"] = str(self.scan_start_ns).encode()
-        table = table.replace_schema_metadata(meta)
+        table = self.table.replace_schema_metadata(meta)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         pq.write_table(table, tmp, compression="zstd")

@@ -20,205 +20,29 @@ import errno
 import fcntl
 import os
 import shutil
-import stat
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 
 from airflow_dataflow.core.commit import CommitRecord, valid_prefix
-from airflow_dataflow.core.hashing import digest_file
 from airflow_dataflow.core.location import DatasetLocation, file_uri
 from airflow_dataflow.core.manifest import Manifest
-from airflow_dataflow.core.paths import RESERVED_DIR, decode_name, inside
-from airflow_dataflow.core.statcache import StatCache
+from airflow_dataflow.core.paths import inside
 from airflow_dataflow.exceptions import (
     ConcurrentCommitError,
     ManifestError,
-    ScanError,
     SnapshotNotFoundError,
     StorageError,
 )
 from airflow_dataflow.storage.base import Progress, ProgressFn, Storage
+from airflow_dataflow.storage.localscan import cached_scan, scan_directory, user_cache_file
+
+__all__ = ["LocalStorage", "cached_scan", "scan_directory", "user_cache_file"]
 
 LOCK_TIMEOUT_S = 60.0
-
-
-def _workers() -> int:
-    return max(2, min(32, (os.cpu_count() or 2) * 2))
-
-
-# ---------------------------------------------------------------------------------
-# scanning
-# ---------------------------------------------------------------------------------
-def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Yield (relpath, abspath, stat) of every regular file under ``root``.
-
-    Symlinks are followed when they resolve inside ``root`` and rejected when they
-    leave it; ``_dataflow`` folders (metadata) are skipped.
-    """
-    real_root = os.path.realpath(root)
-    seen_dirs = {real_root}
-    stack: list[tuple[bytes, str]] = [(os.fsencode(real_root), "")]
-    while stack:
-        dir_b, rel_dir = stack.pop()
-        where = os.fsdecode(dir_b)
-        try:
-            it = os.scandir(dir_b)
-        except PermissionError as err:
-            raise ScanError(f"cannot list directory {where!r}: permission denied; grant read access") from err
-        except OSError as err:
-            raise ScanError(f"cannot list directory {where!r}: {err.strerror}") from err
-        with it:
-            for entry in it:
-                name = decode_name(entry.name, where)
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                full = entry.path
-                try:
-                    if entry.is_symlink():
-                        target = os.path.realpath(full)
-                        target_s = os.fsdecode(target)
-                        if not inside(os.fsdecode(real_root), target_s):
-                            raise ScanError(
-                                f"symlink {os.fsdecode(full)!r} points to {target_s!r}, outside the scanned "
-                                f"root {root!r}; symlinks leaving a dataset are rejected: copy the file in "
-                                "or remove the link"
-                            )
-                        try:
-                            st = os.stat(target)
-                        except FileNotFoundError:
-                            raise ScanError(
-                                f"symlink {os.fsdecode(full)!r} is dangling (target {target_s!r} does not "
-                                "exist); remove or fix it"
-                            ) from None
-                        if stat.S_ISDIR(st.st_mode):
-                            if name == RESERVED_DIR or target in (os.fsencode(d) for d in seen_dirs):
-                                continue
-                            seen_dirs.add(target_s)
-                            stack.append((target, rel))
-                            continue
-                        full = target
-                    elif entry.is_dir(follow_symlinks=False):
-                        if name != RESERVED_DIR:
-                            stack.append((full, rel))
-                        continue
-                    else:
-                        st = entry.stat(follow_symlinks=False)
-                except PermissionError as err:
-                    raise ScanError(f"cannot stat {os.fsdecode(full)!r}: permission denied") from err
-                if not stat.S_ISREG(st.st_mode):
-                    raise ScanError(
-                        f"{os.fsdecode(full)!r} is not a regular file (a socket, FIFO or device); "
-                        "datasets hold regular files only: move it out of the directory"
-                    )
-                yield rel, os.fsdecode(full), st
-
-
-def _hash_one(path: str) -> str:
-    try:
-        return digest_file(path)
-    except PermissionError as err:
-        raise ScanError(f"cannot read {path!r}: permission denied; grant read access or remove the file") from err
-    except FileNotFoundError as err:
-        raise ScanError(f"{path!r} disappeared during the scan; rescan once writers are done") from err
-    except OSError as err:
-        raise ScanError(f"cannot read {path!r}: {err.strerror}") from err
-
-
-def scan_directory(
-    root: str,
-    *,
-    cache: StatCache | None = None,
-    progress: ProgressFn | None = None,
-    location_of: bool = True,
-    workers: int | None = None,
-) -> tuple[Manifest, StatCache]:
-    """Scan a local directory into a manifest, hashing only files the cache cannot vouch for.
-
-    :param root: directory to scan (a symlink to a directory is followed)
-    :param cache: stat cache of an earlier scan of the same directory
-    :param progress: receives a progress line every few seconds on long scans
-    :param location_of: fill ``location`` with each file's ``file://`` URI
-    :param workers: hashing threads (default: two per core)
-    :returns: the manifest and the stat cache to keep for the next scan
-    :raises ScanError: the directory is missing or a file cannot be read
-    """
-    if not os.path.isdir(root):
-        what = "does not exist" if not os.path.lexists(root) else "is not a directory"
-        raise ScanError(f"cannot scan {root!r}: it {what}; check the path or URI")
-    cache = cache or StatCache()
-    start_ns = time.time_ns()
-    prog = Progress(f"scan {root}", progress)
-    paths: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    digests: list[str | None] = []
-    locations: list[str] = []
-    new_entries: dict[str, tuple[tuple[int, int, int, int], str]] = {}
-    todo: list[tuple[int, str]] = []
-    keys: list[tuple[int, int, int, int]] = []
-    for rel, full, st in _walk(root):
-        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        cached = cache.lookup(rel, key)
-        if cached is None:
-            todo.append((len(paths), full))
-        paths.append(rel)
-        sizes.append(st.st_size)
-        mtimes.append(st.st_mtime_ns)
-        digests.append(cached)
-        keys.append(key)
-        locations.append(full)
-        prog.tick(len(paths))
-
-    if todo:
-        hprog = Progress(f"hash {root}", progress)
-        total_bytes = 0
-        with ThreadPoolExecutor(max_workers=workers or _workers()) as pool:
-            for n, ((i, full), digest) in enumerate(
-                zip(todo, pool.map(_hash_one, [f for _, f in todo], chunksize=64), strict=True), 1
-            ):
-                digests[i] = digest
-                total_bytes += sizes[i]
-                hprog.tick(n, len(todo), total_bytes)
-    for i, rel in enumerate(paths):
-        new_entries[rel] = (keys[i], digests[i])  # type: ignore[assignment]
-    table = pa.table(
-        {
-            "path": paths,
-            "size": pa.array(sizes, pa.int64()),
-            "mtime_ns": pa.array(mtimes, pa.int64()),
-            "digest": digests,
-            "location": [file_uri(p) for p in locations] if location_of else pa.nulls(len(paths), pa.string()),
-        }
-    )
-    manifest = Manifest.from_table(table, where=root)
-    return manifest, StatCache(entries=new_entries, scan_start_ns=start_ns)
-
-
-def cached_scan(root: str, cache_file: str | None, progress: ProgressFn | None = None) -> Manifest:
-    """Scan ``root`` with a stat cache kept in ``cache_file`` (None: no cache)."""
-    cache = StatCache.load(cache_file) if cache_file else None
-    manifest, new_cache = scan_directory(root, cache=cache, progress=progress)
-    if cache_file:
-        try:
-            new_cache.save(cache_file)
-        except OSError:
-            pass  # a cache that cannot be written only costs time on the next scan
-    return manifest
-
-
-def user_cache_file(root: str) -> str:
-    """Return the stat cache file for scans of ``root`` outside any dataset."""
-    import hashlib
-
-    base = os.environ.get("DATAFLOW_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "airflow-dataflow"
-    )
-    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:24]
-    return os.path.join(base, "statcache", f"{key}.parquet")
 
 
 # ---------------------------------------------------------------------------------
@@ -249,17 +73,12 @@ class LocalStorage(Storage):
     # -- reading ----------------------------------------------------------------------
     def scan(self, loc: DatasetLocation, *, progress: ProgressFn | None = None) -> Manifest:
         """Scan the plain directory of ``loc``; the stat cache lives in its metadata folder."""
+        # a dataset keeps its stat cache beside its metadata; any other directory
+        # gets one in the user's cache folder (nothing is written beside it)
         cache_file = os.path.join(loc.meta, "statcache.parquet")
-        if not self._writable_parent(loc.meta):
+        if not (os.path.isdir(loc.meta) and os.access(loc.meta, os.W_OK)):
             cache_file = user_cache_file(loc.path)
         return cached_scan(loc.path, cache_file, progress)
-
-    @staticmethod
-    def _writable_parent(path: str) -> bool:
-        probe = path
-        while probe and not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        return bool(probe) and os.access(probe, os.W_OK)
 
     def read_head(self, loc: DatasetLocation) -> str | None:
         """Return HEAD: the target of the dataset's symlink, or the HEAD file of a source."""

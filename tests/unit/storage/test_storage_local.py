@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import airflow_dataflow.storage.local as local_mod
+import airflow_dataflow.storage.localscan as localscan
 from airflow_dataflow.core.commit import CommitInfo
 from airflow_dataflow.core.location import DatasetLocation
 from airflow_dataflow.core.manifest import Manifest
@@ -52,17 +52,17 @@ def commit_dir(storage: LocalStorage, loc: DatasetLocation, staging, **kw):
 
 
 class HashCounter:
-    """Counts the files the scanner really reads (wraps, does not replace, _hash_one)."""
+    """Counts the files the scanner really reads (wraps, does not replace, hash_files)."""
 
     def __init__(self, monkeypatch):
         self.paths: list[str] = []
-        real = local_mod._hash_one
+        real = localscan.hash_files
 
-        def counting(path):
-            self.paths.append(path)
-            return real(path)
+        def counting(paths, sizes, progress=None):
+            self.paths.extend(paths)
+            return real(paths, sizes, progress)
 
-        monkeypatch.setattr(local_mod, "_hash_one", counting)
+        monkeypatch.setattr(localscan, "hash_files", counting)
 
 
 FILES = {
@@ -118,7 +118,7 @@ def test_scan_empty_directory(tmp_path):
 def test_scan_many_files_in_parallel(tmp_path):
     files = {f"d{i % 7}/f{i}": os.urandom(i % 50) for i in range(600)}
     write_tree(tmp_path, files)
-    m, _ = scan_directory(str(tmp_path), workers=4)
+    m, _ = scan_directory(str(tmp_path))
     got = dict(zip(m.paths(), m.table.column("digest").to_pylist(), strict=True))
     assert got == {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
 
@@ -224,21 +224,28 @@ def test_new_and_deleted_files_with_cache(tmp_path):
 def test_corrupt_cache_file_is_an_empty_cache(tmp_path):
     bad = tmp_path / "statcache.parquet"
     bad.write_bytes(b"PAR1 garbage")
-    assert StatCache.load(str(bad)).entries == {}
-    assert StatCache.load(str(tmp_path / "missing.parquet")).entries == {}
+    assert len(StatCache.load(str(bad))) == 0
+    assert len(StatCache.load(str(tmp_path / "missing.parquet"))) == 0
 
 
-def test_storage_scan_keeps_cache_under_dataflow(tmp_path, monkeypatch):
+def test_storage_scan_keeps_cache_in_user_cache_then_under_dataflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATAFLOW_CACHE_DIR", str(tmp_path / "usercache"))
     data = tmp_path / "ds"
     write_tree(data, FILES)
     storage = LocalStorage()
     loc = DatasetLocation.parse(str(data))
     counter = HashCounter(monkeypatch)
     d1 = storage.scan(loc).digest
-    assert os.path.exists(os.path.join(loc.meta, "statcache.parquet"))
+    # a plain directory: nothing is written beside it, the cache goes to the user's cache folder
+    assert not (tmp_path / "_dataflow").exists()
+    assert list((tmp_path / "usercache" / "statcache").iterdir())
     n = len(counter.paths)
     assert storage.scan(loc).digest == d1
     assert len(counter.paths) == n
+    # once the directory has dataset metadata, its cache lives there
+    os.makedirs(loc.meta)
+    storage.scan(loc)
+    assert os.path.exists(os.path.join(loc.meta, "statcache.parquet"))
 
 
 # -- commits --------------------------------------------------------------------------------

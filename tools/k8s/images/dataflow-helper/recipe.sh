@@ -54,7 +54,15 @@ if [ -d "$cached/rootfs" ]; then
   exit 0
 fi
 
+# one build at a time per machine (checkouts share the cache)
 mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock"
+flock 9
+if [ -d "$cached/rootfs" ]; then
+  copy_out
+  entrypoint
+  exit 0
+fi
 build="$(mktemp -d "$cache_root/.build-XXXXXX")"
 trap 'rm -rf "$build"' EXIT
 r="$build/rootfs"
@@ -134,8 +142,9 @@ chroot "$r" /usr/local/bin/python3 -I -B /opt/dataflow/podhelper.py 2>/dev/null 
 
 chmod -R go-w "$r"
 rm -rf "$cached.tmp" && mkdir -p "$cached.tmp" && mv "$r" "$cached.tmp/rootfs"
-# keep only this build: older ones are garbage
-find "$cache_root" -mindepth 1 -maxdepth 1 ! -name "$key.tmp" ! -name "$(basename "$build")" -exec rm -rf {} +
+# keep only this build: older ones (other key names) are garbage; leftovers of killed builds too
+find "$cache_root" -mindepth 1 -maxdepth 1 -regextype posix-extended \( -regex '.*/[0-9a-f]{16}(\.tmp)?' -o -name '.build-*' \) \
+  ! -name "$key.tmp" ! -name "$(basename "$build")" -exec rm -rf {} +
 mv "$cached.tmp" "$cached"
 copy_out
 entrypoint

@@ -65,14 +65,14 @@ def diff(old: Manifest, new: Manifest) -> ChangeSet:
     other step is a vectorised filter.
     """
     old_t, new_t = old.table, new.table
-    idx = pc.index_in(new_t.column("path"), value_set=old_t.column("path"))
+    idx = pc.index_in(new_t.column("path"), value_set=old_t.column("path").combine_chunks())
     in_old = pc.is_valid(idx)
     old_digest_aligned = old_t.column("digest").take(idx)
     same = pc.fill_null(pc.equal(new_t.column("digest"), old_digest_aligned), False)
 
     # old rows no new path points at were deleted (an integer lookup, cheap)
-    old_rows = pa.array(range(old_t.num_rows), pa.int32()) if old_t.num_rows else pa.array([], pa.int32())
-    matched = pc.is_in(old_rows, value_set=idx.filter(in_old))
+    old_rows = pc.indices_nonzero(pa.repeat(pa.scalar(True), old_t.num_rows)).cast(pa.int32())
+    matched = pc.is_in(old_rows, value_set=idx.filter(in_old).combine_chunks())
 
     return ChangeSet(
         old_digest=old.digest,

@@ -130,8 +130,8 @@ class Manifest:
             else:
                 col = pa.nulls(table.num_rows, field.type)
             cols.append(col)
+        # no combine_chunks(): it would copy the whole table; every step here works on chunks
         table = pa.Table.from_arrays(cols, schema=SCHEMA.remove_metadata())
-        table = table.combine_chunks()
         if validate:
             _validate(table, where)
         if not _strictly_increasing(table.column("path")):

@@ -9,7 +9,6 @@ output's parent, :meth:`Engine.run_batch` re-derives its batch from those pins
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from airflow_dataflow.cache import SEGMENT_SCHEMA, CacheIndex
 from airflow_dataflow.core.cachekey import CodeVersion, file_keys
@@ -335,8 +335,17 @@ class Engine:
             return tempfile.mkdtemp(prefix=f"{self.spec.task_id}-", dir=base)
         return tempfile.mkdtemp(prefix=f"dataflow-{self.spec.task_id}-")
 
+    def batch_rows(self, plan: Plan, index: int) -> pa.Table | None:
+        """Return the input rows of batch ``index`` (per-file mode), re-derived from the plan."""
+        if self.spec.mode != PER_FILE:
+            return None
+        assert plan.todo is not None
+        if index < 0:  # every file at once
+            return plan.todo
+        return plan.todo.slice(index * plan.batch_size, plan.batch_size)
+
     def run_batch(self, plan: Plan, index: int) -> Manifest:
-        """Run batch ``index`` of a per-file plan (or the single run of a whole plan).
+        """Run batch ``index`` of a per-file plan (or the single run of a whole plan) here.
 
         :returns: the output rows of the batch, stored and with lineage; per-file
             batch results are also saved in the store so a separate commit step
@@ -358,10 +367,8 @@ class Engine:
                 params=spec.params,
                 env={**spec.env, **spec.secret_env},
             )
-            batch: pa.Table | None = None
-            if spec.mode == PER_FILE:
-                assert plan.todo is not None
-                batch = plan.todo.slice(index * plan.batch_size, plan.batch_size)
+            batch = self.batch_rows(plan, index)
+            if batch is not None:
                 files_list = os.path.join(scratch, "files.txt")
                 with open(files_list, "w", encoding="utf-8") as fh:
                     for p in batch.column("path").to_pylist():
@@ -371,29 +378,50 @@ class Engine:
                 request.lineage_file = os.path.join(scratch, "lineage.tsv")
             for name, manifest in plan.input_manifests.items():
                 rows = batch if (batch is not None and name == spec.primary) else None
-                request.inputs[name] = self._input_dir(name, manifest, rows, scratch)  # type: ignore[index]
+                request.inputs[name] = self._input_dir(name, manifest, rows, scratch)
             started = time.monotonic()
             self.runner.run(request, self.log)
             took = time.monotonic() - started
             produced, _ = scan_directory(out_dir)
-            if spec.mode == PER_FILE:
-                produced = self._with_lineage(produced, batch, request.lineage_file)  # type: ignore[arg-type]
-            stored = self.hook.ingest(self.out_loc, out_dir, produced)
+            lineage = None
+            if request.lineage_file and os.path.exists(request.lineage_file):
+                with open(request.lineage_file, encoding="utf-8") as fh:
+                    lineage = fh.read()
+            stored = self.accept_outputs(plan, index, batch, produced, staging=out_dir, lineage=lineage)
             self.log(
                 f"batch {index + 1}/{max(plan.n_batches, 1)}: {request.file_count or 'whole'} input file(s) -> "
                 f"{len(stored)} output file(s), {stored.total_bytes} bytes in {took:.1f}s"
             )
-            if spec.mode == PER_FILE:
-                self._save_batch(plan, index, batch, stored)  # type: ignore[arg-type]
             return stored
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _with_lineage(self, produced: Manifest, batch: pa.Table, lineage_file: str) -> Manifest:
-        declared = None
-        if os.path.exists(lineage_file):
-            with open(lineage_file, encoding="utf-8") as fh:
-                declared = parse_lineage_file(fh.read(), "$DATAFLOW_LINEAGE")
+    def accept_outputs(
+        self,
+        plan: Plan,
+        index: int,
+        batch: pa.Table | None,
+        produced: Manifest,
+        *,
+        staging: str | None,
+        lineage: str | None,
+    ) -> Manifest:
+        """Attribute lineage, store the bytes and (per-file) save the batch result.
+
+        :param produced: the outputs, hashed (by the scan here, or by the pod helper)
+        :param staging: local directory holding the outputs to store, or None when
+            their bytes are already in the content store (``location`` filled)
+        :param lineage: the text the command wrote to ``$DATAFLOW_LINEAGE``, if any
+        """
+        if batch is not None:
+            produced = self._with_lineage(produced, batch, lineage)
+        stored = self.hook.ingest(self.out_loc, staging, produced) if staging is not None else produced
+        if batch is not None and index >= 0:
+            self._save_batch(plan, index, batch, stored)
+        return stored
+
+    def _with_lineage(self, produced: Manifest, batch: pa.Table, lineage: str | None) -> Manifest:
+        declared = parse_lineage_file(lineage, "$DATAFLOW_LINEAGE") if lineage else None
         mapping = attribute(produced.paths(), batch.column("path").to_pylist(), declared)
         in_digest = dict(zip(batch.column("path").to_pylist(), batch.column("digest").to_pylist(), strict=True))
         in_key = dict(zip(batch.column("path").to_pylist(), batch.column("cache_key").to_pylist(), strict=True))
@@ -408,17 +436,13 @@ class Engine:
         return f"staging/{plan.plan_id}/batch-{index:05d}.parquet"
 
     def _save_batch(self, plan: Plan, index: int, batch: pa.Table, stored: Manifest) -> None:
-        rows = _segment_rows(batch, stored)
+        rows = segment_rows(batch, stored)
         sink = pa.BufferOutputStream()
-        import pyarrow.parquet as pq
-
         pq.write_table(rows, sink)
         self.out_storage.put_meta(self.out_loc, self._batch_rel(plan, index), sink.getvalue().to_pybytes())
 
     def load_batches(self, plan: Plan) -> pa.Table:
         """Collect the saved results of every batch of a per-file plan."""
-        import pyarrow.parquet as pq
-
         tables = []
         for i in range(plan.n_batches):
             data = self.out_storage.get_meta(self.out_loc, self._batch_rel(plan, i))
@@ -507,7 +531,7 @@ class Engine:
         return self.finish(plan, info, self.load_batches(plan))
 
 
-def _segment_rows(batch: pa.Table, stored: Manifest) -> pa.Table:
+def segment_rows(batch: pa.Table, stored: Manifest) -> pa.Table:
     """Return cache segment rows: the outputs of a batch, plus a null row per input with none."""
     out = stored.table
     with_output = pc.unique(out.column("source_path")) if out.num_rows else pa.array([], pa.string())
@@ -549,11 +573,6 @@ def summary_line(task_id: str, stats: dict[str, Any]) -> str:
         f"files={stats['files']} bytes={stats['bytes']} bytes_written={stats['bytes_written']} "
         f"digest={stats['digest'][:12]} key={stats['cache_key'][:12]}"
     )
-
-
-def stats_json(stats: dict[str, Any]) -> str:
-    """Serialise stats for logs (stable order)."""
-    return json.dumps(stats, sort_keys=True, default=str)
 
 
 __all__ = ["Engine", "Plan", "Result", "TaskSpec", "PER_FILE", "WHOLE", "summary_line"]

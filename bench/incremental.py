@@ -158,6 +158,15 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def load_note(start: float, end: float) -> str | None:
+    """Return a warning when the machine was busier than its CPUs during the run."""
+    cpus = os.cpu_count() or 1
+    if max(start, end) > cpus:
+        return (f"WARNING: 1-minute load average {start:.1f} at the start, {end:.1f} at the end, above the "
+                f"{cpus} CPUs: other work shares the machine, wall times are noisy")
+    return None
+
+
 def remove_tree(root: Path) -> None:
     """Remove the work directory (committed snapshot trees are read-only: make them writable first)."""
     log(f"removing {root}")
@@ -276,6 +285,7 @@ def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:
 
     log(f"work directory {root}; migrating a SQLite metadata DB")
     prepare_airflow(root / "airflow-home", dags)
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     generate(root / "landing", args.files)
     log(f"generated {args.files} source files in {time.perf_counter() - t0:.1f}s")
@@ -329,6 +339,7 @@ def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:
     }
     f["task_s"] = {name: r["tasks"] for name, r in runs.items()}
     f["invariants_broken"] = broken
+    f["load_start"], f["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
 
     report(f, runs, args)
     return 1 if broken else 0
@@ -370,6 +381,9 @@ def report(f: dict[str, Any], runs: dict[str, dict[str, Any]], args: argparse.Na
         print(f"  {name:<20} " + "  ".join(f"{t}={d:.1f}" for t, d in sorted(r["tasks"].items(), key=lambda kv: kv[0])))
     for b in f["invariants_broken"]:
         print(f"BROKEN: {b}")
+    note = load_note(f["load_start"], f["load_end"])
+    if note:
+        print(note)
     f["verdict"] = verdict
     if args.json:
         print(json.dumps({"bench": "incremental", **f}, sort_keys=True))

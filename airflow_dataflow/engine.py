@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -512,22 +513,36 @@ class Engine:
         if self.out_loc.scheme == "file":
             shutil.rmtree(os.path.join(self.out_loc.store_root, "staging", plan.plan_id), ignore_errors=True)
 
-    def execute(self, info: CommitInfo) -> Result:
-        """Plan, run every batch in this process, and commit."""
+    def execute(
+        self,
+        info: CommitInfo,
+        run: Callable[[Plan, int], Manifest] | None = None,
+        single_run: bool = False,
+    ) -> Result:
+        """Plan, run what must run, and commit.
+
+        :param run: runs one batch (default :meth:`run_batch`, in this process)
+        :param single_run: per-file mode: run every file in one call (batch index
+            -1), as a pod does, instead of batch by batch
+        """
+        run = run or self.run_batch
         plan = self.plan()
         if self.spec.mode == WHOLE:
             if plan.hit is not None:
                 self.log(f"cache: hit {plan.code.key[:16]}: reusing snapshot {plan.hit.digest[:12]}, nothing runs")
                 return self.finish(plan, info, None)
             self.log(f"cache: miss {plan.code.key[:16]}: running")
-            return self.finish(plan, info, self.run_batch(plan, 0))
+            return self.finish(plan, info, run(plan, 0))
         assert plan.todo is not None
         self.log(
             f"plan: {plan.todo.num_rows} file(s) to process in {plan.n_batches} batch(es), "
             f"{plan.reused_inputs} reused from the cache, {plan.deleted_inputs} deleted input(s)"
         )
+        if single_run and plan.todo.num_rows:
+            stored = run(plan, -1)
+            return self.finish(plan, info, segment_rows(plan.todo, stored))
         for i in range(plan.n_batches):
-            self.run_batch(plan, i)
+            run(plan, i)
         return self.finish(plan, info, self.load_batches(plan))
 
 

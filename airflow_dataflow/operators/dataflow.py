@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -11,25 +11,14 @@ from airflow.sdk import BaseOperator, TaskGroup
 from airflow_dataflow.config import DataflowConfig
 from airflow_dataflow.core.commit import CommitInfo
 from airflow_dataflow.dataset import DirectoryDataset
-from airflow_dataflow.engine import PER_FILE, WHOLE, Engine, TaskSpec, summary_line
+from airflow_dataflow.engine import PER_FILE, WHOLE, Engine
 from airflow_dataflow.exceptions import DataflowError
 from airflow_dataflow.hooks.manifest import DatasetManifestHook
+from airflow_dataflow.operators.common import as_inputs, build_spec, check_args, commit_info, execute_stage
 from airflow_dataflow.runners.base import Runner
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-STAGES = ("all", "plan", "batch", "commit")
-
-
-def _as_inputs(inputs: Any) -> dict[str, DirectoryDataset]:
-    if inputs is None:
-        return {}
-    if isinstance(inputs, DirectoryDataset):
-        inputs = [inputs]
-    if isinstance(inputs, Mapping):
-        return {str(k): v for k, v in inputs.items()}
-    return {ds.dataset_name: ds for ds in inputs}
 
 
 class DataflowOperator(BaseOperator):
@@ -91,11 +80,8 @@ class DataflowOperator(BaseOperator):
         plan_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if stage not in STAGES:
-            raise DataflowError(f"stage must be one of {STAGES}, not {stage!r}")
-        if mode not in (PER_FILE, WHOLE):
-            raise DataflowError(f"mode must be 'per_file' or 'whole', not {mode!r}")
-        self.inputs = _as_inputs(inputs)
+        check_args(stage, mode)
+        self.inputs = as_inputs(inputs)
         if stage in ("all", "commit"):
             kwargs.setdefault("outlets", [output])
         kwargs.setdefault("inlets", list(self.inputs.values()))
@@ -139,113 +125,44 @@ class DataflowOperator(BaseOperator):
             "use KubernetesDataflowOperator for the kubernetes runner"
         )
 
-    def spec(self, context: Context) -> TaskSpec:
-        """Return the task's spec with templates rendered."""
-        partition = self.partition or context.get("partition_key") or None
-        return TaskSpec(
-            task_id=self.task_id,
-            dag_id=self.dag_id,
-            command=tuple(self.command),
-            image=self.image,
-            inputs=self.inputs,
-            output=self.output_dataset,
-            mode=self.mode,
-            per_file_input=self.per_file_input,
-            env=dict(self.env),
-            secret_env=dict(self.secret_env),
-            params=dict(self.dataflow_params),
-            version=self.version,
-            partition=partition if (self.output_dataset.partitioned or any(d.partitioned for d in self.inputs.values())) else None,
-            batch_size=self.batch_size or self.config.batch_size,
-            max_batches=self.config.max_batches,
-        )
-
     def engine(self, context: Context) -> Engine:
         """Return the engine of this task."""
-        return Engine(self.spec(context), self.hook, self.make_runner(), self.log.info, self.config.env)
+        spec = build_spec(self, context, self.config, command=self.command, env=self.env, secret_env=self.secret_env)
+        return Engine(spec, self.hook, self.make_runner(), self.log.info, self.config.env)
 
-    def commit_info(self, context: Context, spec: TaskSpec) -> CommitInfo:
-        """Return who and what commits, from the task context."""
-        ti = context["ti"]
-        return CommitInfo(
-            author=self.config.owner,
-            env=self.config.env,
-            dag_id=self.dag_id,
-            task_id=self.task_id,
-            run_id=context.get("run_id"),
-            map_index=getattr(ti, "map_index", -1) if ti is not None else -1,
-            try_number=getattr(ti, "try_number", None) if ti is not None else None,
-            partition=spec.partition,
-            stats={"runner": self.runner or self.config.runner},
-        )
-
-    # -- execution -----------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
         engine = self.engine(context)
-        if self.stage == "all":
-            result = engine.execute(self.commit_info(context, engine.spec))
-            return self._report(context, engine, result.stats)
-        if self.stage == "plan":
-            plan = engine.plan()
-            self.log.info(
-                "plan %s: %d file(s) to process in %d batch(es), %d reused, %d deleted input(s)",
-                plan.plan_id,
-                plan.todo.num_rows if plan.todo is not None else 0,
-                plan.n_batches,
-                plan.reused_inputs,
-                plan.deleted_inputs,
-            )
-            context["ti"].xcom_push(key="pins", value=plan.pins)
-            return list(range(plan.n_batches))
-        pins = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="pins")
-        if not pins:
-            raise DataflowError(f"task {self.task_id!r}: no plan pins from {self.plan_task_id!r}; run the plan task first")
-        plan = engine.plan(pins)
-        if self.stage == "batch":
-            if self.batch_index is None:
-                raise DataflowError(f"task {self.task_id!r}: a batch stage needs batch_index (map it over the plan)")
-            stored = engine.run_batch(plan, int(self.batch_index))
-            return {"batch": self.batch_index, "outputs": len(stored), "bytes": stored.total_bytes}
-        result = engine.finish(plan, self.commit_info(context, engine.spec), engine.load_batches(plan))
-        return self._report(context, engine, result.stats)
 
-    def _report(self, context: Context, engine: Engine, stats: dict[str, Any]) -> dict[str, Any]:
-        extra = {k: v for k, v in stats.items() if k not in ("components",)}
-        extra["dataset"] = self.output_dataset.dataset_name
-        extra["env"] = self.output_dataset.env
-        events = context.get("outlet_events")
-        if events is not None:
-            event = events[self.output_dataset]
-            event.extra = extra
-            if engine.spec.partition:
-                event.add_partitions(engine.spec.partition)
-        self.log.info(summary_line(self.task_id, stats))
-        return extra
+        def info() -> CommitInfo:
+            return commit_info(self, context, engine.spec, self.config, runner=self.runner or self.config.runner)
+
+        return execute_stage(self, context, engine, info, engine.run_batch, single_run=False)
 
 
-def dataflow_task(task_id: str, *, fan_out: bool = False, **kwargs: Any) -> Any:
+def dataflow_task(task_id: str, *, fan_out: bool = False, operator_class: type | None = None, **kwargs: Any) -> Any:
     """Return a dataflow task: one operator, or a plan -> mapped batches -> commit group.
 
     With ``fan_out=True`` (per-file mode), a large change set is split into
     batches that run as mapped tasks (``max_map_length`` respected through
     ``[dataflow] max_batches``); each mapped batch re-derives its files from the
-    pinned manifests, and only the commit step emits the asset event.
+    pinned manifests, and only the commit step emits the asset event. The plan
+    and commit steps run no command (and launch no pod).
 
     :param task_id: the operator's task id, or the group's id with ``fan_out``
-    :param kwargs: :class:`DataflowOperator` arguments
+    :param operator_class: ``DataflowOperator`` (default) or
+        ``KubernetesDataflowOperator``
+    :param kwargs: the operator's arguments
     """
+    cls = operator_class or DataflowOperator
     if not fan_out:
-        return DataflowOperator(task_id=task_id, **kwargs)
+        return cls(task_id=task_id, **kwargs)
     if kwargs.get("mode") != PER_FILE:
         raise DataflowError(f"{task_id}: fan_out needs mode='per_file'")
     with TaskGroup(group_id=task_id) as group:
-        plan = DataflowOperator(task_id="plan", stage="plan", **kwargs)
-        plan_id = plan.task_id
-        batches = DataflowOperator.partial(
-            task_id="batch", stage="batch", plan_task_id=plan_id, **kwargs
-        ).expand(batch_index=plan.output)
-        commit = DataflowOperator(
-            task_id="commit", stage="commit", plan_task_id=plan_id, trigger_rule="none_failed", **kwargs
+        plan = cls(task_id="plan", stage="plan", **kwargs)
+        batches = cls.partial(task_id="batch", stage="batch", plan_task_id=plan.task_id, **kwargs).expand(
+            batch_index=plan.output
         )
+        commit = cls(task_id="commit", stage="commit", plan_task_id=plan.task_id, trigger_rule="none_failed", **kwargs)
         plan >> batches >> commit
     return group

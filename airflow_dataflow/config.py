@@ -29,7 +29,8 @@ from airflow_dataflow.exceptions import DataflowError
 ENV_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
-def _get(name: str, default: str) -> str:
+def setting(name: str, default: str) -> str:
+    """Return setting ``name``: ``$DATAFLOW_<NAME>``, else ``[dataflow] <name>``, else ``default``."""
     value = os.environ.get(f"DATAFLOW_{name.upper()}")
     if value:
         return value
@@ -75,10 +76,10 @@ class DataflowConfig:
     def load(cls) -> DataflowConfig:
         """Read the settings from the environment and Airflow's configuration."""
         return cls(
-            env=_get("env", "prod"),
-            owner=_get("owner", default_author()),
-            runner=_get("runner", "local"),
-            batch_size=int(_get("batch_size", "500")),
-            max_batches=int(_get("max_batches", "256")),
-            prod_env=_get("prod_env", "prod"),
+            env=setting("env", "prod"),
+            owner=setting("owner", default_author()),
+            runner=setting("runner", "local"),
+            batch_size=int(setting("batch_size", "500")),
+            max_batches=int(setting("max_batches", "256")),
+            prod_env=setting("prod_env", "prod"),
         )

@@ -163,7 +163,8 @@ class Engine:
         self.damaged = False  # set when damaged objects were moved aside in this run
 
     # -- planning ---------------------------------------------------------------------
-    def _input_loc(self, name: str) -> DatasetLocation:
+    def input_loc(self, name: str) -> DatasetLocation:
+        """Return the location of input ``name`` (for the run's partition if it is partitioned)."""
         ds = self.spec.inputs[name]
         return ds.location(self.spec.partition if ds.partitioned else None)
 
@@ -176,7 +177,7 @@ class Engine:
         spec = self.spec
         manifests: dict[str, Manifest] = {}
         for name in spec.inputs:
-            loc = self._input_loc(name)
+            loc = self.input_loc(name)
             digest = pins["inputs"][name] if pins else None
             try:
                 manifests[name] = self.hook.snapshot(loc, digest)
@@ -299,12 +300,12 @@ class Engine:
     # -- running ----------------------------------------------------------------------
     def _input_dir(self, name: str, manifest: Manifest, rows: pa.Table | None, scratch: str) -> str:
         """Return a local directory holding input ``name`` (only ``rows`` if given)."""
-        loc = self._input_loc(name)
+        loc = self.input_loc(name)
         storage = self.hook.storage(loc)
         if loc.scheme == "file":
             path = storage.snapshot_dir(loc, manifest.digest)
             if not loc.owned:
-                self._check_source_unchanged(loc, manifest if rows is None else Manifest.from_table(rows, validate=False))
+                self.check_source_unchanged(loc, manifest if rows is None else Manifest.from_table(rows, validate=False))
             return path
         dest = os.path.join(scratch, "in", name)
         wanted = manifest.table if rows is None else rows
@@ -312,7 +313,8 @@ class Engine:
         return dest
 
     @staticmethod
-    def _check_source_unchanged(loc: DatasetLocation, manifest: Manifest) -> None:
+    def check_source_unchanged(loc: DatasetLocation, manifest: Manifest) -> None:
+        """Raise if a file of an observed source changed since its snapshot (size or mtime)."""
         for rel, size, mtime in zip(
             manifest.table.column("path").to_pylist(),
             manifest.table.column("size").to_pylist(),

@@ -81,9 +81,9 @@ class IdentityConfigError(DataflowError):
 
 
 def _setting(name: str, default: str | None) -> str | None:
-    from airflow_dataflow.config import _get
+    from airflow_dataflow.config import setting
 
-    return _get(name, "") or default
+    return setting(name, "") or default
 
 
 @dataclass(frozen=True)

@@ -149,11 +149,19 @@ def dataflow_task(task_id: str, *, fan_out: bool = False, operator_class: type |
     and commit steps run no command (and launch no pod).
 
     :param task_id: the operator's task id, or the group's id with ``fan_out``
-    :param operator_class: ``DataflowOperator`` (default) or
-        ``KubernetesDataflowOperator``
+    :param operator_class: ``DataflowOperator`` or ``KubernetesDataflowOperator``;
+        default: the one of the configured runner (``[dataflow] runner``, read
+        when the DAG file is parsed)
     :param kwargs: the operator's arguments
     """
-    cls = operator_class or DataflowOperator
+    cls = operator_class
+    if cls is None:
+        if DataflowConfig.load().runner == "kubernetes":
+            from airflow_dataflow.operators.kubernetes import KubernetesDataflowOperator
+
+            cls = KubernetesDataflowOperator
+        else:
+            cls = DataflowOperator
     if not fan_out:
         return cls(task_id=task_id, **kwargs)
     if kwargs.get("mode") != PER_FILE:

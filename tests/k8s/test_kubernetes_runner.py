@@ -211,27 +211,43 @@ def apply_identity(kubeconfig: Path, namespace: str, dag_id: str, task_id: str =
     assert out.returncode == 0, out.stderr
 
 
-def test_a_task_cannot_write_a_dataset_it_does_not_own(source, cluster_env, kubeconfig_path, k8s_namespace, airflow_db):
-    # a committed dataset of this environment, whose files the pod's uid does not own
-    victim = DatasetManifestHook().snapshot(f"file://{cluster_env}/pods/prod/clean")
-    target = cluster_env / "pods" / "prod" / "clean" / victim.paths()[0]
+@pytest.fixture
+def victim(cluster_env: Path) -> Path:
+    """A committed dataset whose files belong to root (not to any task uid); returns its path."""
+    from airflow_dataflow.core.commit import CommitInfo
+    from airflow_dataflow.storage.local import scan_directory
+
+    staging = cluster_env / "victim-staging"
+    staging.mkdir(exist_ok=True)
+    (staging / "precious.csv").write_text("id,value\n1,42\n")
+    uri = f"file://{cluster_env}/victim/prod/data"
+    hook = DatasetManifestHook()
+    manifest, _ = scan_directory(str(staging))
+    hook.commit(uri, hook.ingest(uri, str(staging), manifest), CommitInfo(task_id="setup"))
+    return cluster_env / "victim" / "prod" / "data"
+
+
+def test_a_task_cannot_write_a_dataset_it_does_not_own(
+    source, victim, kubeconfig_path, k8s_namespace, airflow_db
+):
+    head = DatasetManifestHook().snapshot(f"file://{victim}")
+    target = victim / "precious.csv"
     before = target.read_bytes()
     script = f'set -e; echo overwritten > {target}; echo ok > "$DATAFLOW_OUTPUT_DIR/x"'
     apply_identity(kubeconfig_path, k8s_namespace, "intruder")
     path = single_task_dag(source, "intruder", script)
     assert run_dag(path, "intruder") == "failed"
     assert target.read_bytes() == before
-    assert DatasetManifestHook().snapshot(f"file://{cluster_env}/pods/prod/clean").digest == victim.digest
+    assert DatasetManifestHook().snapshot(f"file://{victim}").digest == head.digest
     assert not DatasetManifestHook().log_records(f"file://{source}/prod/out")
 
 
-def test_a_uid_without_rights_gets_permission_denied(cluster_env, run_pod, task_image):
+def test_a_uid_without_rights_gets_permission_denied(cluster_env, victim, run_pod, task_image):
     """Beyond the read-only mount: with the data volume writable, the identity's uid still cannot write."""
-    target = next((cluster_env / "pods" / "prod" / "clean").rglob("*.csv"))
+    target = victim / "precious.csv"
     before = target.read_bytes()
-    pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="uid-check"),
-        spec=client.V1PodSpec(
+    spec = (
+        client.V1PodSpec(
             restart_policy="Never",
             security_context=client.V1PodSecurityContext(run_as_user=UIDS["test-alice"], run_as_group=UIDS["test-alice"]),
             containers=[client.V1Container(
@@ -240,9 +256,9 @@ def test_a_uid_without_rights_gets_permission_denied(cluster_env, run_pod, task_
                 volume_mounts=[client.V1VolumeMount(name="data", mount_path=str(cluster_env))],
             )],
             volumes=[client.V1Volume(name="data", host_path=client.V1HostPathVolumeSource(path=str(cluster_env)))],
-        ),
+        )
     )  # fmt: skip
-    _, logs = run_pod(pod)
+    _, logs = run_pod(spec, name="uid-check")
     assert "Permission denied" in logs and "rc=1" in logs
     assert target.read_bytes() == before
 

@@ -174,3 +174,7 @@ def run_pod(core_v1: client.CoreV1Api, k8s_namespace: str) -> Callable[..., tupl
         return pod, pod_logs(core_v1, k8s_namespace, name)
 
     return _run
+
+
+# the dataflow runner's settings for this cluster (a fixture shared by the runner tests)
+from k8s_env import cluster_env  # noqa: E402,F401

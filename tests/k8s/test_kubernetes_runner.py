@@ -7,7 +7,6 @@ in this process, so the worker and the pods see the same files.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,13 +21,11 @@ from dagrun import install_dag_file, run_dag
 from kubernetes import client
 
 from airflow_dataflow.hooks.manifest import DatasetManifestHook
+from k8s_env import OWNER, UIDS, kubectl
 from dags_examples import demo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = REPO_ROOT / ".k8s" / "bin" / "kubectl"
 EXAMPLE = REPO_ROOT / "dags_examples" / "sales_pipeline.py"
-OWNER = "tester"
-UIDS = {"prod": 1000, "test-alice": 2001}
 DATASETS = {"clean": "clean", "enrich": "enriched", "aggregate": "summary"}
 
 
@@ -57,42 +54,6 @@ class PodWatcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(kubeconfig), *args], input=stdin, capture_output=True, text=True, timeout=120
-    )
-
-
-@pytest.fixture(scope="module")
-def cluster_env(k8s_namespace: str, kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Settings that make the example run its tasks as pods in the test namespace."""
-    data = tmp_path_factory.mktemp("k8s-data")
-    os.chmod(data, 0o755)
-    idmap = data.parent / "identity-map.json"
-    idmap.write_text(json.dumps({"identities": [
-        {"owner": OWNER, "env": env, "runAsUser": uid, "runAsGroup": uid} for env, uid in UIDS.items()
-    ]}))  # fmt: skip
-    settings = {
-        "DATAFLOW_RUNNER": "kubernetes",
-        "DATAFLOW_OWNER": OWNER,
-        "DATAFLOW_IDENTITY_MAP": str(idmap),
-        "DATAFLOW_NAMESPACE": k8s_namespace,
-        "DATAFLOW_K8S_DATA_VOLUME": json.dumps({"name": "data", "hostPath": {"path": str(data), "type": "Directory"}}),
-        "DATAFLOW_K8S_DATA_PATH": str(data),
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig_path), "namespace": k8s_namespace}}
-        ),
-    }
-    old = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    yield data
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

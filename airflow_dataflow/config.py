@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from airflow_dataflow.core.commit import default_author
 from airflow_dataflow.exceptions import DataflowError
 
+_LOADED: dict[tuple[tuple[str, str], ...], DataflowConfig] = {}
 ENV_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
@@ -74,7 +75,19 @@ class DataflowConfig:
 
     @classmethod
     def load(cls) -> DataflowConfig:
-        """Read the settings from the environment and Airflow's configuration."""
+        """Read the settings from the environment and Airflow's configuration.
+
+        The result is remembered per set of ``DATAFLOW_*`` variables, since a DAG
+        file builds many datasets and each task reads the settings several times.
+        """
+        env_key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("DATAFLOW_", "AIRFLOW__DATAFLOW__"))))
+        cached = _LOADED.get(env_key)
+        if cached is None:
+            cached = _LOADED[env_key] = cls._read()
+        return cached
+
+    @classmethod
+    def _read(cls) -> DataflowConfig:
         return cls(
             env=setting("env", "prod"),
             owner=setting("owner", default_author()),

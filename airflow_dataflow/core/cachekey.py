@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -56,7 +57,7 @@ class CodeVersion:
         doc["side_inputs"] = dict(self.side_inputs)
         return doc
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The code key: the whole-mode cache key, and the prefix of per-file keys."""
         return hash_struct(CODE_TAG, self.components())

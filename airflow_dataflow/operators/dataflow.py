@@ -85,6 +85,8 @@ class DataflowOperator(BaseOperator):
         if stage in ("all", "commit"):
             kwargs.setdefault("outlets", [output])
         kwargs.setdefault("inlets", list(self.inputs.values()))
+        # the facts go to the asset event and the commit log; only the plan's batch list is an XCom
+        kwargs.setdefault("do_xcom_push", stage == "plan")
         super().__init__(**kwargs)
         self.command = list(command)
         self.output_dataset = output

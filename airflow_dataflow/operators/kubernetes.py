@@ -147,7 +147,7 @@ class KubernetesDataflowOperator(KubernetesPodOperator):
         kwargs.setdefault("inlets", list(inputs_map.values()))
         kwargs.setdefault("get_logs", True)
         kwargs.setdefault("on_finish_action", "delete_pod")
-        kwargs["do_xcom_push"] = False
+        kwargs["do_xcom_push"] = stage == "plan"  # the batch list; pods never push XCom
         kwargs["base_container_name"] = STAGE_OUT
         kwargs.setdefault("init_container_logs", True)
         super().__init__(image=image, cmds=list(command), **kwargs)

@@ -42,3 +42,4 @@ clean-demo:
 include tools/s3/s3.mk
 include tools/k8s/k8s.mk
 test-k8s: setup
+k8s-up: setup

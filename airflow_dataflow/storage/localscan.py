@@ -296,9 +296,14 @@ def cached_scan(root: str, cache_file: str | None, progress: ProgressFn | None =
 
 
 def user_cache_file(root: str) -> str:
-    """Return the stat cache file for scans of ``root`` outside any dataset."""
+    """Return the stat cache file for scans of ``root`` (a local path or a URI) outside any dataset.
+
+    The cache lives in ``$DATAFLOW_CACHE_DIR`` (default ``~/.cache/airflow-dataflow``),
+    so that scanning a directory or prefix never writes beside it.
+    """
     base = os.environ.get("DATAFLOW_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "airflow-dataflow"
     )
-    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:24]
+    name = root if "://" in root else os.path.realpath(root)
+    key = hashlib.sha256(name.encode()).hexdigest()[:24]
     return os.path.join(base, "statcache", f"{key}.parquet")

@@ -434,17 +434,43 @@ class S3Storage(Storage):
                 sha256_listed="SHA256" in algos and obj.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT",
             )
 
+    def _local_cache(self, loc: DatasetLocation) -> str | None:
+        """Return a local cache file for a prefix that is no dataset (nothing is written in its
+        bucket), or None when the cache belongs beside the dataset's metadata."""
+        try:
+            if self.read_head(loc) is not None:
+                return None
+        except (StorageError, ManifestError):
+            pass
+        from airflow_dataflow.storage.localscan import user_cache_file
+
+        return user_cache_file(loc.uri)
+
     def _load_cache(self, loc: DatasetLocation) -> S3StatCache:
         """Load the scan cache; one that cannot be read is empty (it only saves time)."""
+        local = self._local_cache(loc)
         try:
+            if local is not None:
+                with open(local, "rb") as fh:
+                    return S3StatCache.from_bytes(fh.read())
             got = self._get_bytes(loc.bucket, self._cache_key(loc))
-        except StorageError as err:
+        except FileNotFoundError:
+            return S3StatCache({})
+        except (StorageError, OSError) as err:
             log.debug("scan cache of %s not readable, scanning without it: %s", loc.uri, err)
             return S3StatCache({})
         return S3StatCache.from_bytes(got[0] if got else None)
 
     def _save_cache(self, loc: DatasetLocation, cache: S3StatCache) -> None:
+        local = self._local_cache(loc)
         try:
+            if local is not None:
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                tmp = f"{local}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as fh:
+                    fh.write(cache.to_bytes())
+                os.replace(tmp, local)
+                return
             self.client.put_object(Bucket=loc.bucket, Key=self._cache_key(loc), Body=cache.to_bytes())
         except Exception as err:  # a cache that cannot be written only costs time on the next scan
             log.debug("cannot write the scan cache of %s: %s", loc.uri, err)

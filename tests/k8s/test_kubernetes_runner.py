@@ -75,12 +75,12 @@ def last(root: Path, task: str, env: str = "prod"):
     return DatasetManifestHook().log_records(f"file://{root}/{env}/{DATASETS[task]}")[-1]
 
 
-def run_example(root: Path, runner: str, conf: dict | None = None) -> str:
+def run_example(root: Path, runner: str, conf: dict | None = None, env: str | None = None) -> str:
     """Run the example DAG; the local reference run uses environment ``ref`` so that its
     assets (named ``<dataset>@<env>``) never clash with the pods' run in ``prod``."""
     os.environ["DATAFLOW_DEMO_ROOT"] = str(root)
     os.environ["DATAFLOW_RUNNER"] = runner
-    os.environ["DATAFLOW_ENV"] = "prod" if runner == "kubernetes" else "ref"
+    os.environ["DATAFLOW_ENV"] = env or ("prod" if runner == "kubernetes" else "ref")
     try:
         path = install_dag_file(EXAMPLE)
         return run_dag(path, "sales_pipeline", conf)
@@ -163,11 +163,11 @@ def source(cluster_env: Path, request: pytest.FixtureRequest) -> Path:
     return root
 
 
-def apply_identity(kubeconfig: Path, namespace: str, dag_id: str, task_id: str = "work") -> None:
+def apply_identity(kubeconfig: Path, namespace: str, dag_id: str, task_id: str = "work", env: str = "prod") -> None:
     from airflow_dataflow.identity.config import task_identity
     from airflow_dataflow.identity.rbac import dump_manifests, service_account_manifest
 
-    ident = task_identity(OWNER, "prod", dag_id, task_id, with_pod=False, namespace=namespace)
+    ident = task_identity(OWNER, env, dag_id, task_id, with_pod=False, namespace=namespace)
     out = kubectl(kubeconfig, "apply", "-f", "-", stdin=dump_manifests([service_account_manifest(ident)]))
     assert out.returncode == 0, out.stderr
 
@@ -261,3 +261,33 @@ def test_manifests_yaml_is_valid(identities, kubeconfig_path, k8s_namespace):
     for env in UIDS:
         for task in DATASETS:
             assert service_account_name(OWNER, env, "sales_pipeline", task) in names
+
+
+def test_mapped_batches_become_mapped_pods_in_a_test_environment(
+    cluster_env, identities, core_v1, k8s_namespace, kubeconfig_path, airflow_db, monkeypatch
+):
+    """Fan-out in pods, deployed in environment test-alice: one pod per batch, that
+    environment's uid, and the same snapshots as anywhere else."""
+    root = cluster_env / "fanout"
+    root.mkdir()
+    demo.land_initial(root / "landing", n=12)
+    for task in ("clean.batch", "enrich.batch"):
+        apply_identity(kubeconfig_path, k8s_namespace, "sales_pipeline", task, env="test-alice")
+    monkeypatch.setenv("DATAFLOW_EXAMPLE_FAN_OUT", "1")
+    monkeypatch.setenv("DATAFLOW_EXAMPLE_BATCH_SIZE", "5")
+    with PodWatcher(core_v1, k8s_namespace) as watcher:
+        assert run_example(root, "kubernetes", env="test-alice") == "success"
+    pods = [p for p in watcher.seen.values() if (p.metadata.labels or {}).get("dataflow.io/env") == "test-alice"]
+    by_task: dict[str, int] = {}
+    for pod in pods:
+        by_task[pod.metadata.labels["dataflow.io/task"]] = by_task.get(pod.metadata.labels["dataflow.io/task"], 0) + 1
+        assert pod.spec.security_context.run_as_user == UIDS["test-alice"]
+    assert by_task == {"clean.batch": 3, "enrich.batch": 3, "aggregate": 1}  # 12 files in batches of 5
+    hook = DatasetManifestHook()
+    for task, name in DATASETS.items():
+        mine = hook.log_records(f"file://{root}/test-alice/{name}")[-1]
+        ref = hook.log_records(f"file://{cluster_env}/local/ref/{name}")
+        assert mine.info.env == "test-alice"
+        assert mine.digest in {r.digest for r in ref}, task
+    assert not (root / "prod").exists(), "a test environment writes only under its own {env}"
+

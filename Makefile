@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-unit test-integration bench clean-demo apt-bench
+.PHONY: setup demo test test-unit test-integration bench bench-k8s clean-demo apt-bench
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,16 @@ bench: setup apt-bench
 	$(PY) bench/scan.py
 	$(PY) bench/incremental.py --json
 	$(PY) bench/cached_rerun.py --json
+
+# Needs a cluster (not part of `make bench`, which runs without one): starts the
+# local one first, unless KUBECONFIG in the environment names another (as test-k8s).
+bench-k8s: setup
+ifeq ($(origin KUBECONFIG),environment)
+	$(PY) bench/k8s_overhead.py --json
+else
+	$(MAKE) k8s-up
+	KUBECONFIG=$(K8S_KUBECONFIG) $(PY) bench/k8s_overhead.py --json
+endif
 
 clean-demo:
 	rm -rf demo-data

@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Airflow logs to stdout; keep stdout for results (one JSON document with --json).
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
+    from airflow_dataflow.core.manifest import use_returning_memory_pool
+
+    use_returning_memory_pool()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.handler(args)

@@ -313,12 +313,13 @@ def make_manifests(rows: int, pct: float, extra: int, seed: int, out_a: str, out
 def diff_only(a_path: str, b_path: str) -> dict[str, Any]:
     """Read two manifests and diff them in this (fresh) process; return timings and peak RSS."""
     from airflow_dataflow.core.changeset import diff
-    from airflow_dataflow.core.manifest import Manifest
+    from airflow_dataflow.core.manifest import Manifest, use_returning_memory_pool
 
+    use_returning_memory_pool()  # as `airflow-dataflow diff` does
     rss_start = current_rss_mb()
     t0 = time.perf_counter()
-    a = Manifest.read(a_path)
-    b = Manifest.read(b_path)
+    a = Manifest.read(a_path, columns=("path", "digest"))  # what `airflow-dataflow diff` reads
+    b = Manifest.read(b_path, columns=("path", "digest"))
     read_s = time.perf_counter() - t0
     rss_read = current_rss_mb()
     hwm_read = peak_rss_mb()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -10,13 +10,17 @@ import pyarrow.compute as pc
 
 from airflow_dataflow.core.manifest import Manifest
 
+SLICE = 1 << 16  # new rows matched at a time
+
 
 @dataclass(frozen=True)
 class ChangeSet:
     """Files added, modified, deleted and unchanged between ``old`` and ``new``.
 
     ``added``, ``modified`` and ``unchanged`` hold rows of the new manifest;
-    ``deleted`` holds rows of the old one. All four are sorted by path.
+    ``deleted`` holds rows of the old one. All four are sorted by path. The
+    unchanged rows, usually nearly all of them, are only copied out of the new
+    manifest when :attr:`unchanged` is read.
     """
 
     old_digest: str
@@ -24,7 +28,14 @@ class ChangeSet:
     added: pa.Table
     modified: pa.Table
     deleted: pa.Table
-    unchanged: pa.Table
+    unchanged_count: int
+    _new: pa.Table = field(repr=False)
+    _same: Any = field(repr=False)
+
+    @property
+    def unchanged(self) -> pa.Table:
+        """Rows of the new manifest whose content did not change."""
+        return self._new.filter(self._same)
 
     @property
     def changed(self) -> pa.Table:
@@ -42,7 +53,7 @@ class ChangeSet:
             "added": self.added.num_rows,
             "modified": self.modified.num_rows,
             "deleted": self.deleted.num_rows,
-            "unchanged": self.unchanged.num_rows,
+            "unchanged": self.unchanged_count,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,34 +64,67 @@ class ChangeSet:
             "added": self.added.column("path").to_pylist(),
             "modified": self.modified.column("path").to_pylist(),
             "deleted": self.deleted.column("path").to_pylist(),
-            "unchanged": self.unchanged.num_rows,
+            "unchanged": self.unchanged_count,
         }
+
+
+def _upper_bound(paths: pa.ChunkedArray, value: str, lo: int) -> int:
+    """Return the first index >= ``lo`` whose path is greater than ``value`` (paths sorted)."""
+    hi = len(paths)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if paths[mid].as_py() <= value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def diff(old: Manifest, new: Manifest) -> ChangeSet:
     """Compare two manifests by path and content digest.
 
-    A file whose digest is equal is unchanged, whatever its mtime or location. One
-    hash lookup of the new paths in the old ones does all the matching; every
-    other step is a vectorised filter.
+    A file whose digest is equal is unchanged, whatever its mtime or location.
+    Both manifests are sorted by path, so the comparison walks them side by side
+    in slices: each slice of new paths is matched against the matching range of
+    old paths with one vectorised hash lookup. Memory stays bounded by the slice
+    size, whatever the number of rows, and nothing loops over rows in Python.
     """
     old_t, new_t = old.table, new.table
-    idx = pc.index_in(new_t.column("path"), value_set=old_t.column("path").combine_chunks())
-    in_old = pc.is_valid(idx)
-    old_digest_aligned = old_t.column("digest").take(idx)
-    same = pc.fill_null(pc.equal(new_t.column("digest"), old_digest_aligned), False)
-
-    # old rows no new path points at were deleted (an integer lookup, cheap)
-    old_rows = pc.indices_nonzero(pa.repeat(pa.scalar(True), old_t.num_rows)).cast(pa.int32())
-    matched = pc.is_in(old_rows, value_set=idx.filter(in_old).combine_chunks())
-
+    old_paths = old_t.column("path")
+    added, modified, deleted, same_parts = [], [], [], []
+    o = 0
+    for start in range(0, new_t.num_rows, SLICE):
+        n_slice = new_t.slice(start, SLICE)
+        last = n_slice.column("path")[-1].as_py()
+        o_end = _upper_bound(old_paths, last, o)
+        o_slice = old_t.slice(o, o_end - o)
+        idx = pc.index_in(n_slice.column("path"), value_set=o_slice.column("path"))
+        in_old = pc.is_valid(idx)
+        aligned = o_slice.column("digest").take(idx)
+        same = pc.fill_null(pc.equal(n_slice.column("digest"), aligned), False)
+        added.append(n_slice.filter(pc.invert(in_old)))
+        modified.append(n_slice.filter(pc.and_(in_old, pc.invert(same))))
+        if o_slice.num_rows:
+            rows = pc.indices_nonzero(pa.repeat(pa.scalar(True), o_slice.num_rows)).cast(pa.int32())
+            matched = pc.is_in(rows, value_set=idx.filter(in_old))
+            deleted.append(o_slice.filter(pc.invert(matched)))
+        same_parts.append(same)
+        o = o_end
+    deleted.append(old_t.slice(o))  # old paths after the last new path
+    same_all = pa.chunked_array(
+        [c for part in same_parts for c in (part.chunks if isinstance(part, pa.ChunkedArray) else [part])],
+        pa.bool_(),
+    )
+    empty_new = new_t.schema.empty_table()
     return ChangeSet(
         old_digest=old.digest,
         new_digest=new.digest,
-        added=new_t.filter(pc.invert(in_old)),
-        modified=new_t.filter(pc.and_(in_old, pc.invert(same))),
-        deleted=old_t.filter(pc.invert(matched)),
-        unchanged=new_t.filter(same),
+        added=pa.concat_tables(added) if added else empty_new,
+        modified=pa.concat_tables(modified) if modified else empty_new,
+        deleted=pa.concat_tables(deleted),
+        unchanged_count=int(pc.sum(same_all).as_py() or 0),
+        _new=new_t,
+        _same=same_all,
     )
 
 

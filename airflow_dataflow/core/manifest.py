@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,26 +70,44 @@ _HEX = r"^[0-9a-f]+$"
 DIGEST_LEN = 64
 
 
-def snapshot_digest_of(paths: pa.Array, digests: pa.Array) -> str:
+def use_returning_memory_pool() -> str:
+    """Make Arrow allocate from jemalloc unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise.
+
+    Decoding large manifests leaves big freed buffers behind; Arrow's default
+    mimalloc pool keeps them (a 1M-row diff peaks near 550 MB), jemalloc gives
+    them back (about 440 MB). Called by this package's own programs (the CLI),
+    never on import, since the pool is process-wide. Returns the pool in use.
+    """
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        try:
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+        except NotImplementedError:  # a pyarrow built without jemalloc
+            pass
+    return pa.default_memory_pool().backend_name
+
+
+DIGEST_SLICE = 1 << 16  # rows joined at a time: bounds the memory of hashing a large manifest
+ROW_GROUP = 1 << 16
+
+
+def snapshot_digest_of(paths: pa.Array | pa.ChunkedArray, digests: pa.Array | pa.ChunkedArray) -> str:
     """Return the snapshot digest of (path, digest) columns already sorted by path."""
     h = hashlib.sha256(SNAPSHOT_PREFIX)
-    if len(paths):
+    for start in range(0, len(paths), DIGEST_SLICE):
         # digests have a fixed length, so "path NUL digest" elements concatenated
-        # without a separator still parse unambiguously.
-        lines = pc.binary_join_element_wise(paths, digests, pa.scalar("\x00"))
-        if isinstance(lines, pa.ChunkedArray):
-            chunks = lines.chunks
-        else:
-            chunks = [lines]
+        # without a separator still parse unambiguously
+        lines = pc.binary_join_element_wise(
+            paths.slice(start, DIGEST_SLICE), digests.slice(start, DIGEST_SLICE), pa.scalar("\x00")
+        )
+        chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
         for chunk in chunks:
-            chunk = chunk.cast(pa.large_string()) if len(chunk) else chunk
             if not len(chunk):
                 continue
-            offsets = chunk.buffers()[1]
-            data = chunk.buffers()[2]
-            off = memoryview(offsets).cast("q")
-            start, end = off[chunk.offset], off[chunk.offset + len(chunk)]
-            h.update(memoryview(data)[start:end])
+            offsets, data = chunk.buffers()[1], chunk.buffers()[2]
+            width = "q" if pa.types.is_large_string(chunk.type) else "i"
+            off = memoryview(offsets).cast(width)
+            begin, end = off[chunk.offset], off[chunk.offset + len(chunk)]
+            h.update(memoryview(data)[begin:end])
     return h.hexdigest()
 
 
@@ -128,7 +147,7 @@ class Manifest:
                         f"{where}: column {field.name!r} has type {col.type}, expected {field.type}"
                     ) from err
             else:
-                col = pa.nulls(table.num_rows, field.type)
+                col = _nulls(table.num_rows, field.type)
             cols.append(col)
         # no combine_chunks(): it would copy the whole table; every step here works on chunks
         table = pa.Table.from_arrays(cols, schema=SCHEMA.remove_metadata())
@@ -163,7 +182,8 @@ class Manifest:
         }
         table = self.table.replace_schema_metadata(meta)
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        # row groups of 64k rows: readers decode (and hold) one group at a time
+        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP)
         return sink.getvalue()
 
     def write(self, path: str) -> None:
@@ -177,18 +197,22 @@ class Manifest:
         return cls._read(pa.BufferReader(data), where)
 
     @classmethod
-    def read(cls, path: str) -> Manifest:
+    def read(cls, path: str, columns: Sequence[str] | None = None) -> Manifest:
         """Read and validate a manifest file.
 
+        :param columns: read only these columns (``path`` and ``digest`` always):
+            a diff needs ``("path", "digest")``, a fraction of the memory
         :raises ManifestError: the file is missing, not Parquet, foreign, of an
             unsupported version, or its content does not match its recorded digest.
         """
-        return cls._read(path, path)
+        return cls._read(path, path, columns)
 
     @classmethod
-    def _read(cls, source: Any, where: str) -> Manifest:
+    def _read(cls, source: Any, where: str, columns: Sequence[str] | None = None) -> Manifest:
+        if columns is not None:
+            columns = sorted(set(columns) | {"path", "digest", "size"})
         try:
-            table = pq.read_table(source)
+            table = pq.read_table(source, columns=columns)
         except FileNotFoundError:
             raise ManifestError(f"manifest {where} does not exist") from None
         except (pa.ArrowInvalid, OSError) as err:
@@ -213,6 +237,10 @@ class Manifest:
         if algo != ALGORITHM:
             raise ManifestError(f"manifest {where} uses digest algorithm {algo!r}, expected {ALGORITHM!r}")
         manifest = cls.from_table(table.replace_schema_metadata(None), where)
+        del table
+        # Parquet decoding leaves large freed buffers in Arrow's allocator: give them back,
+        # or reading two big manifests for a diff holds twice their size
+        pa.default_memory_pool().release_unused()
         recorded = meta.get(b"dataflow.snapshot_digest", b"").decode()
         if recorded and recorded != manifest.digest:
             raise ManifestError(
@@ -277,6 +305,14 @@ def _validate(table: pa.Table, where: str) -> None:
         raise ManifestError(f"{where}: digest {first!r} is not a hex {ALGORITHM} digest")
     if len(paths) and pc.min(table.column("size")).as_py() < 0:
         raise ManifestError(f"{where}: negative file size")
+
+
+def _nulls(n: int, type_: pa.DataType) -> pa.ChunkedArray:
+    """Return ``n`` nulls as chunks that share one buffer (a missing column costs no memory)."""
+    block = pa.nulls(min(n, DIGEST_SLICE), type_)
+    full, rest = divmod(n, DIGEST_SLICE) if n else (0, 0)
+    chunks = [block] * full + ([block.slice(0, rest)] if rest else [])
+    return pa.chunked_array(chunks, type_)
 
 
 def name_checks(columns: Mapping[str, Any]) -> bool:

@@ -123,7 +123,7 @@ class DatasetManifestHook(BaseHook):
             loc = self.location(match["uri"])
             return self.storage(loc).snapshot(loc, match["digest"])
         if spec.endswith(".parquet") and os.path.isfile(spec):
-            return Manifest.read(spec)
+            return Manifest.read(spec, columns=("path", "digest"))
         loc = self.location(os.path.abspath(spec) if "://" not in spec else spec)
         backend = self.storage(loc)
         try:

@@ -95,6 +95,8 @@ IMAGE = os.environ["DATAFLOW_BENCH_IMAGE"]
 N = int(os.environ["DATAFLOW_BENCH_TASKS"])
 START = datetime(2026, 1, 1)
 SCRIPT = 'for i in 1 2 3 4 5; do printf "%s,row,%s\n" "$i" "$i" > "$DATAFLOW_OUTPUT_DIR/part-$i.csv"; done; ls "$DATAFLOW_OUTPUT_DIR"'
+if float(os.environ.get("DATAFLOW_BENCH_SLEEP", "0")) > 0:  # --work-seconds: a longer task
+    SCRIPT = f"sleep {os.environ['DATAFLOW_BENCH_SLEEP']}; " + SCRIPT
 
 def dataflow_tasks(prefix, **kwargs):
     for i in range(N):
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="work directory (default: a new temporary directory, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the work directory and the namespace")
     p.add_argument("--json", action="store_true", help="also print every figure as one JSON line")
+    p.add_argument("--work-seconds", type=float, default=0,
+                   help="make the task container sleep this long before writing (default 0: a few ms of work)")
     p.add_argument("--no-info", action="store_true", help="skip the informational pair polling the pod start every 1 s")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.tasks < 1:
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "DATAFLOW_BENCH_ROOT": str(data),
         "DATAFLOW_BENCH_IMAGE": args.image,
         "DATAFLOW_BENCH_TASKS": str(args.tasks),
+        "DATAFLOW_BENCH_SLEEP": str(args.work_seconds),
         "DATAFLOW_ENV": "prod",
         "DATAFLOW_OWNER": OWNER,
         "DATAFLOW_RUNNER": "kubernetes",
@@ -444,7 +449,8 @@ def bench(root: Path, data: Path, mod: Any, namespace: str, kubeconfig: Path, ar
     runs = Runs(watcher)
     load_start = os.getloadavg()[0]
     broken: list[str] = []
-    f: dict[str, Any] = {"tasks": n, "repeat": args.repeat, "image": args.image, "namespace": namespace}
+    f: dict[str, Any] = {"tasks": n, "repeat": args.repeat, "image": args.image, "namespace": namespace,
+                         "work_seconds": args.work_seconds}
 
     w = runs.run(mod.plain_dag, {"run": 0}, "warm-up")
     f["warmup_plain_s"] = round(w["wall_s"], 2)
@@ -509,7 +515,7 @@ def bench(root: Path, data: Path, mod: Any, namespace: str, kubeconfig: Path, ar
     f["invariants_broken"] = broken
     f["load_start"], f["load_end"] = round(load_start, 2), round(os.getloadavg()[0], 2)
 
-    print(f"\nk8s overhead benchmark: {n} independent tasks per DAG, dag.test() in one process (tasks run one "
+    print(f"\nk8s overhead benchmark: {n} independent tasks per DAG, task command {args.work_seconds:g} s of sleep + 5 files, dag.test() in one process (tasks run one "
           f"after another), median of {args.repeat} rounds, namespace {namespace}, image {args.image}, "
           f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}")
     print(f"warm-up (not counted): plain {f['warmup_plain_s']:.1f}s (starts the API server), "

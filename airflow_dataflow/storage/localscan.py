@@ -3,9 +3,11 @@
 * The walk collects columns (path, size, mtime, ctime, inode) with ``os.scandir``.
 * The stat cache is checked with one Arrow join; only files it cannot vouch for
   are read.
-* Small files (<= 1 MiB) are hashed in batches in worker processes when there
+* Small files (<= 1 MiB) are hashed by one worker process per core when there
   are many of them (Python's per-file overhead would otherwise hold the GIL),
   large files in threads (``hashlib`` releases the GIL while hashing them).
+  Workers are plain subprocesses (``python -m airflow_dataflow.core.hashworker``),
+  not ``multiprocessing``, which would re-import the caller's main module.
 
 Symlinks are followed when they resolve inside the scanned root and rejected
 when they leave it or dangle; ``_dataflow`` folders (metadata) are skipped;
@@ -15,18 +17,21 @@ anything but a regular file or a directory is an error naming it.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
+import re
+import shutil
 import stat
-import threading
+import subprocess
+import sys
+import tempfile
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from airflow_dataflow.core.hashing import SMALL_FILE, digest_small_files, new_hasher
 from airflow_dataflow.core.manifest import Manifest
@@ -36,39 +41,14 @@ from airflow_dataflow.exceptions import ScanError
 from airflow_dataflow.storage.base import Progress, ProgressFn
 
 BATCH = 512  # small files per hashing task
-PROCESS_THRESHOLD = 4096  # fewer small files than this are hashed in threads
+PROCESS_THRESHOLD = 4096  # fewer files than this are hashed in threads of this process
 _SAFE_PATH = r"^[A-Za-z0-9/._~-]*$"
-
-_pool_lock = threading.Lock()
-_process_pool: ProcessPoolExecutor | None = None
-
 
 def _cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def _processes() -> Executor | None:
-    """Return the shared process pool for hashing (started on first use), or None."""
-    global _process_pool
-    with _pool_lock:
-        if _process_pool is None:
-            try:
-                ctx = multiprocessing.get_context("forkserver")
-                _process_pool = ProcessPoolExecutor(max_workers=_cpus(), mp_context=ctx)
-            except (OSError, ValueError):
-                return None
-        return _process_pool
-
-
-def _reset_processes() -> None:
-    global _process_pool
-    with _pool_lock:
-        if _process_pool is not None:
-            _process_pool.shutdown(wait=False, cancel_futures=True)
-        _process_pool = None
 
 
 @dataclass
@@ -91,6 +71,24 @@ class Listing:
         self.ctime_ns.append(st.st_ctime_ns)
         self.inode.append(st.st_ino)
 
+    def to_table(self) -> pa.Table:
+        """Return the columns as an Arrow table (:data:`WALK_SCHEMA`)."""
+        return pa.table(
+            [self.rel, self.full, self.size, self.mtime_ns, self.ctime_ns, self.inode], schema=WALK_SCHEMA
+        )
+
+
+WALK_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("full", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("ctime_ns", pa.int64()),
+        ("inode", pa.uint64()),
+    ]
+)
+
 
 def _symlink(full: str, name: str, rel: str, real_root: str, root: str) -> tuple[str, os.stat_result]:
     target = os.path.realpath(full)
@@ -105,12 +103,122 @@ def _symlink(full: str, name: str, rel: str, real_root: str, root: str) -> tuple
         raise ScanError(f"symlink {full!r} is dangling (target {target!r} does not exist); remove or fix it") from None
 
 
-def walk(root: str, progress: Progress | None = None) -> Listing:
-    """List every regular file under ``root`` (see the module docstring for the rules)."""
+def _stamp_ns(stamps: pa.Array) -> pa.Array:
+    """Turn find's ``%T@`` strings (``seconds.fraction``) into exact integer nanoseconds."""
+    parts = pc.split_pattern(stamps, ".", max_splits=1)
+    sec = pc.cast(pc.list_element(parts, 0), pa.int64())
+    frac = pc.utf8_slice_codeunits(pc.utf8_rpad(pc.list_element(parts, 1), 9, "0"), 0, 9)
+    return pc.add(pc.multiply(sec, 1_000_000_000), pc.cast(frac, pa.int64()))
+
+
+def _walk_find(root: str, progress: Progress | None) -> pa.Table | None:
+    """List files with GNU ``find`` and parse its output with Arrow, or None without ``find``.
+
+    ``find`` writes the numbers and the names to two files (names may hold any
+    byte but NUL and ``/``). Symlinks, which need checks, take the Python path;
+    anything else that is neither a file nor a directory is an error.
+    """
+    find = shutil.which("find")
+    if find is None:
+        return None
     real_root = os.path.realpath(root)
-    seen_dirs = {real_root}
+    with tempfile.TemporaryDirectory(prefix="dataflow-find-") as tmp:
+        numbers, names = os.path.join(tmp, "numbers"), os.path.join(tmp, "names")
+        proc = subprocess.run(
+            [find, real_root, "-mindepth", "1", "-type", "d", "-name", RESERVED_DIR, "-prune", "-o",
+             "-fprintf", numbers, "%y %s %T@ %C@ %i\\n", "-fprintf", names, "%P\\0"],
+            capture_output=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )  # fmt: skip
+        if proc.returncode != 0:
+            lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["find failed"]
+            match = re.match(r"^.*?: '(.*)': (.*)$", lines[0])
+            if match is None:
+                raise ScanError(f"cannot list {root!r}: {lines[0]}")
+            path, why = match.groups()
+            raise ScanError(f"cannot list {path!r}: {why.lower()}; grant read access or remove it")
+        with open(names, "rb") as fh:
+            raw_names = fh.read().split(b"\0")[:-1]
+        if not raw_names:
+            return WALK_SCHEMA.empty_table()
+        table = pa_csv.read_csv(
+            numbers,
+            read_options=pa_csv.ReadOptions(column_names=["kind", "size", "mtime", "ctime", "inode"]),
+            parse_options=pa_csv.ParseOptions(delimiter=" ", quote_char=False),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={"kind": pa.string(), "size": pa.int64(), "mtime": pa.string(),
+                              "ctime": pa.string(), "inode": pa.uint64()}
+            ),
+        )  # fmt: skip
+    kinds = table.column("kind").combine_chunks()
+    files = pc.equal(kinds, "f")
+    try:
+        rel = pa.array(raw_names, pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:
+        for raw in raw_names:  # find the name to report
+            where, name = os.path.split(raw)
+            decode_name(name, os.path.join(real_root, os.fsdecode(where)))
+        raise
+    paths = rel.filter(files)
+    regular = pa.table(
+        [
+            paths,
+            pc.binary_join_element_wise(pa.scalar(real_root), paths, pa.scalar("/")),
+            table.column("size").filter(files),
+            _stamp_ns(table.column("mtime").combine_chunks().filter(files)),
+            _stamp_ns(table.column("ctime").combine_chunks().filter(files)),
+            table.column("inode").filter(files),
+        ],
+        schema=WALK_SCHEMA,
+    )
     out = Listing()
-    stack: list[tuple[str, str]] = [(real_root, "")]
+    others = pc.and_(pc.invert(files), pc.not_equal(kinds, "d"))
+    for k in pc.indices_nonzero(others).to_pylist():
+        kind, name = kinds[k].as_py(), rel[k].as_py()
+        full = f"{real_root}/{name}"
+        if kind != "l":
+            raise ScanError(
+                f"{full!r} is not a regular file (a socket, FIFO or device); datasets hold regular "
+                "files only: move it out of the directory"
+            )
+        target, st = _symlink(full, os.path.basename(name), name, real_root, root)
+        if stat.S_ISDIR(st.st_mode):
+            if os.path.basename(name) != RESERVED_DIR:
+                sub = _walk_python(target, real_root, name, root)
+                for k2 in range(len(sub.rel)):
+                    out.rel.append(sub.rel[k2])
+                    out.full.append(sub.full[k2])
+                    out.size.append(sub.size[k2])
+                    out.mtime_ns.append(sub.mtime_ns[k2])
+                    out.ctime_ns.append(sub.ctime_ns[k2])
+                    out.inode.append(sub.inode[k2])
+        elif stat.S_ISREG(st.st_mode):
+            out.add(name, target, st)
+        else:
+            raise ScanError(f"{full!r} links to something that is not a regular file; remove it")
+    result = pa.concat_tables([regular, out.to_table()]) if out.rel else regular
+    if progress is not None:
+        progress.tick(result.num_rows)
+    return result
+
+
+def walk(root: str, progress: Progress | None = None) -> pa.Table:
+    """List every regular file under ``root`` (see the module docstring for the rules).
+
+    :returns: a table of :data:`WALK_SCHEMA` (relative path, absolute path, stat fields)
+    """
+    found = _walk_find(root, progress)
+    if found is not None:
+        return found
+    real_root = os.path.realpath(root)
+    return _walk_python(real_root, real_root, "", root, progress).to_table()
+
+
+def _walk_python(start: str, real_root: str, rel_start: str, root: str, progress: Progress | None = None) -> Listing:
+    """List files under ``start`` with ``os.scandir`` (paths relative to the root as ``rel_start/...``)."""
+    seen_dirs = {start}
+    out = Listing()
+    stack: list[tuple[str, str]] = [(start, rel_start)]
     is_reg, is_dir = stat.S_ISREG, stat.S_ISDIR
     while stack:
         directory, rel_dir = stack.pop()
@@ -176,20 +284,67 @@ def _digest_large(path: str) -> str:
     return h.hexdigest()
 
 
+def _hash_in_workers(paths: list[str], sizes: list[int], workers: int) -> list[str]:
+    """Hash files in ``workers`` worker processes (see :mod:`airflow_dataflow.core.hashworker`),
+    giving each about the same number of bytes."""
+    parts: list[list[int]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for i in sorted(range(len(paths)), key=lambda k: -sizes[k]):
+        k = load.index(min(load))
+        parts[k].append(i)
+        load[k] += sizes[i] + 16_384  # per-file cost, in bytes of hashing
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "airflow_dataflow.core.hashworker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in parts
+    ]
+    results: list[list[str]] = [[] for _ in parts]
+
+    def talk(k: int) -> None:
+        out, err = procs[k].communicate(b"\0".join(os.fsencode(paths[i]) for i in parts[k]))
+        if procs[k].returncode != 0:
+            raise ScanError(f"a hashing worker failed ({procs[k].returncode}): {err.decode(errors='replace')[-500:]}")
+        results[k] = out.decode().splitlines()
+
+    with ThreadPoolExecutor(max_workers=workers) as threads:
+        list(threads.map(talk, range(workers)))
+    digests = [""] * len(paths)
+    for k, lines in enumerate(results):
+        if len(lines) != len(parts[k]):
+            raise ScanError(f"a hashing worker answered {len(lines)} of {len(parts[k])} files; rescan")
+        for i, line in zip(parts[k], lines, strict=True):
+            if line.startswith("!"):
+                errno_s, _, message = line[1:].partition("\t")
+                raise _scan_error(OSError(int(errno_s), message, paths[i]))
+            digests[i] = line
+    return digests
+
+
 def hash_files(paths: list[str], sizes: list[int], progress: Progress | None = None) -> list[str]:
-    """Return the content digest of each file, using every core."""
+    """Return the content digest of each file, using every core.
+
+    Many files: one worker process per core, balanced by bytes. Few files: small
+    ones in batches and large ones one by one, in threads of this process.
+    """
+    cpus = _cpus()
+    if len(paths) >= PROCESS_THRESHOLD and cpus > 1:
+        digests = _hash_in_workers(paths, sizes, cpus)
+        if progress is not None:
+            progress.tick(len(paths), len(paths), sum(sizes))
+        return digests
     digests: list[str] = [""] * len(paths)
     small = [i for i, s in enumerate(sizes) if s <= SMALL_FILE]
     large = [i for i, s in enumerate(sizes) if s > SMALL_FILE]
-    batches = [small[k : k + BATCH] for k in range(0, len(small), BATCH)]
-    done = 0
-    nbytes = 0
-    cpus = _cpus()
     with ThreadPoolExecutor(max_workers=cpus) as threads:
         large_futures = [(i, threads.submit(_digest_large, paths[i])) for i in large]
-        pool: Executor | None = _processes() if len(small) >= PROCESS_THRESHOLD and cpus > 1 else None
+        batches = [small[k : k + BATCH] for k in range(0, len(small), BATCH)]
         try:
-            results = (pool or threads).map(digest_small_files, [[paths[i] for i in b] for b in batches])
+            results = threads.map(digest_small_files, [[paths[i] for i in b] for b in batches])
+            done = nbytes = 0
             for batch, result in zip(batches, results, strict=True):
                 for i, digest in zip(batch, result, strict=True):
                     digests[i] = digest
@@ -197,11 +352,6 @@ def hash_files(paths: list[str], sizes: list[int], progress: Progress | None = N
                 nbytes += sum(sizes[i] for i in batch)
                 if progress is not None:
                     progress.tick(done, len(paths), nbytes)
-        except BrokenProcessPool:
-            _reset_processes()
-            for batch in batches:
-                for i, digest in zip(batch, digest_small_files([paths[i] for i in batch]), strict=True):
-                    digests[i] = digest
         except OSError as err:
             raise _scan_error(err) from None
         for i, future in large_futures:
@@ -209,7 +359,7 @@ def hash_files(paths: list[str], sizes: list[int], progress: Progress | None = N
     return digests
 
 
-def _file_uris(paths: pa.Array) -> pa.Array:
+def _file_uris(paths: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     safe = pc.match_substring_regex(paths, _SAFE_PATH)
     if pc.all(safe).as_py():
         return pc.binary_join_element_wise(pa.scalar("file://"), paths, pa.scalar(""))
@@ -237,32 +387,20 @@ def scan_directory(
         what = "does not exist" if not os.path.lexists(root) else "is not a directory"
         raise ScanError(f"cannot scan {root!r}: it {what}; check the path or URI")
     start_ns = time.time_ns()
-    listing = walk(root, Progress(f"scan {root}", progress))
-    table = pa.table(
-        {
-            "path": pa.array(listing.rel, pa.string()),
-            "size": pa.array(listing.size, pa.int64()),
-            "mtime_ns": pa.array(listing.mtime_ns, pa.int64()),
-            "ctime_ns": pa.array(listing.ctime_ns, pa.int64()),
-            "inode": pa.array(listing.inode, pa.uint64()),
-        }
-    )
+    table = walk(root, Progress(f"scan {root}", progress))
     digests = (cache or StatCache()).lookup_many(table)
+    if isinstance(digests, pa.ChunkedArray):
+        digests = digests.combine_chunks()
     missing = pc.is_null(digests)
-    todo = pc.indices_nonzero(missing).to_pylist() if digests.null_count else []
-    if todo:
+    todo = pc.indices_nonzero(missing) if digests.null_count else pa.array([], pa.uint64())
+    if len(todo):
         found = hash_files(
-            [listing.full[i] for i in todo],
-            [listing.size[i] for i in todo],
+            table.column("full").take(todo).to_pylist(),
+            table.column("size").take(todo).to_pylist(),
             Progress(f"hash {root}", progress),
         )
-        filled = digests.to_pylist()
-        for i, digest in zip(todo, found, strict=True):
-            filled[i] = digest
-        digests = pa.array(filled, pa.string())
-    locations = (
-        _file_uris(pa.array(listing.full, pa.string())) if location_of else pa.nulls(len(listing.rel), pa.string())
-    )
+        digests = pc.replace_with_mask(digests, missing, pa.array(found, pa.string()))
+    locations = _file_uris(table.column("full")) if location_of else pa.nulls(table.num_rows, pa.string())
     manifest = Manifest.from_table(
         pa.table(
             {

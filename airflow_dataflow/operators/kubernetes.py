@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 WORK = "/dataflow"
 STAGE_OUT = "stage-out"
 DEFAULT_HELPER_IMAGE = "localhost/dataflow-helper:dev"
+TASK_TIMEOUT_S = 24 * 3600
 
 
 class _PodRunner(Runner):
@@ -150,6 +151,11 @@ class KubernetesDataflowOperator(KubernetesPodOperator):
         kwargs["do_xcom_push"] = stage == "plan"  # the batch list; pods never push XCom
         kwargs["base_container_name"] = STAGE_OUT
         kwargs.setdefault("init_container_logs", True)
+        # The task runs in an init container, so the pod stays Pending while it works:
+        # the "startup" timeout covers the whole command (a day by default) and the
+        # start poll decides how soon its end is noticed.
+        kwargs.setdefault("startup_timeout_seconds", TASK_TIMEOUT_S)
+        kwargs.setdefault("startup_check_interval_seconds", 1)
         super().__init__(image=image, cmds=list(command), **kwargs)
         self.command = list(command)
         self.inputs = inputs_map

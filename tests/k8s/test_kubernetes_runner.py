@@ -140,12 +140,15 @@ with DAG(dag_id="{dag_id}", schedule=None, start_date=datetime(2026, 1, 1), catc
     KubernetesDataflowOperator(
         task_id="work", image="localhost/dataflow-task:dev", command=["sh", "-c", {script!r}],
         inputs={{"src": src}}, output=out, mode="whole", retries={retries}, retry_delay=timedelta(seconds=1),
+        {extra}
     )
 '''
 
 
-def single_task_dag(root: Path, dag_id: str, script: str, retries: int = 0) -> Path:
-    text = SINGLE_TASK_DAG.format(tag=root.name.replace("-", "_"), root=root, dag_id=dag_id, script=script, retries=retries)
+def single_task_dag(root: Path, dag_id: str, script: str, retries: int = 0, extra: str = "") -> Path:
+    text = SINGLE_TASK_DAG.format(
+        tag=root.name.replace("-", "_"), root=root, dag_id=dag_id, script=script, retries=retries, extra=extra
+    )
     return install_dag_file(None, name=f"{dag_id}.py", text=text)
 
 
@@ -290,4 +293,17 @@ def test_mapped_batches_become_mapped_pods_in_a_test_environment(
         assert mine.info.env == "test-alice"
         assert mine.digest in {r.digest for r in ref}, task
     assert not (root / "prod").exists(), "a test environment writes only under its own {env}"
+
+
+def test_a_task_may_run_longer_than_the_pod_start_timeouts(source, kubeconfig_path, k8s_namespace, airflow_db):
+    """The command runs in an init container (the pod is Pending meanwhile): the
+    schedule timeout (here 5 s) bounds only scheduling, and the start timeout
+    defaults to a day, so a command longer than either does not fail."""
+    apply_identity(kubeconfig_path, k8s_namespace, "long_task")
+    path = single_task_dag(
+        source, "long_task", 'sleep 8; cp "$DATAFLOW_INPUT_DIR/a.txt" "$DATAFLOW_OUTPUT_DIR/"',
+        extra="schedule_timeout_seconds=5,",
+    )
+    assert run_dag(path, "long_task") == "success"
+    assert (source / "prod" / "out" / "a.txt").read_text() == "hello\n"
 

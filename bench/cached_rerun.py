@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_note, log, remove_tree  # noqa: E402
 
 TARGET_RATIO = 1.5  # median cached run / median no-op run
 DAG_MODULE = "bench_cached_rerun_dags"
@@ -141,28 +142,7 @@ with DAG(dag_id="bench_cached_noxcom", schedule=None, start_date=START, catchup=
 '''
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-
-def load_note(start: float, end: float) -> str | None:
-    """Return a warning when the machine was busier than its CPUs during the run."""
-    cpus = os.cpu_count() or 1
-    if max(start, end) > cpus:
-        return (f"WARNING: 1-minute load average {start:.1f} at the start, {end:.1f} at the end, above the "
-                f"{cpus} CPUs: other work shares the machine, wall times are noisy")
-    return None
-
-
-def remove_tree(root: Path) -> None:
-    """Remove the work directory (committed snapshot trees are read-only: make them writable first)."""
-    log(f"removing {root}")
-    for dirpath, _, _ in os.walk(root):
-        try:
-            os.chmod(dirpath, 0o755)
-        except OSError:
-            pass
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def cpu_s() -> float:

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -44,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_note, log, remove_tree  # noqa: E402
 
 TARGET_RATIO = 0.5  # (dataflow, N changed) / (plain, after the same change)
 DAG_MODULE = "bench_incremental_dags"
@@ -154,33 +155,9 @@ with DAG(dag_id="bench_plain", schedule=None, start_date=START, catchup=False) a
 '''
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def load_note(start: float, end: float) -> str | None:
-    """Return a warning when the machine was busier than its CPUs during the run."""
-    cpus = os.cpu_count() or 1
-    if max(start, end) > cpus:
-        return (f"WARNING: 1-minute load average {start:.1f} at the start, {end:.1f} at the end, above the "
-                f"{cpus} CPUs: other work shares the machine, wall times are noisy")
-    return None
 
-
-def remove_tree(root: Path) -> None:
-    """Remove the work directory (committed snapshot trees are read-only: make them writable first)."""
-    log(f"removing {root}")
-    for dirpath, _, _ in os.walk(root):
-        try:
-            os.chmod(dirpath, 0o755)
-        except OSError:
-            pass
-    shutil.rmtree(root, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------
-# source data
-# ---------------------------------------------------------------------------------
 def write_file(path: Path, rng: random.Random, rows: int) -> None:
     lines = ["id, Category, qty, price"]
     for i in range(rows):

@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_note, log, remove_tree  # noqa: E402
 
 TARGET_RATIO = 1.2  # median time per task, dataflow (cache miss) / plain KubernetesPodOperator
 DAG_MODULE = "bench_k8s_overhead_dags"
@@ -136,27 +137,7 @@ with DAG(dag_id="bench_k8s_plain_fast", schedule=None, start_date=START, catchup
 '''
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-
-def load_note(start: float, end: float) -> str | None:
-    cpus = os.cpu_count() or 1
-    if max(start, end) > cpus:
-        return (f"WARNING: 1-minute load average {start:.1f} at the start, {end:.1f} at the end, above the "
-                f"{cpus} CPUs: other work shares the machine, wall times are noisy")
-    return None
-
-
-def remove_tree(root: Path) -> None:
-    """Remove the work directory (snapshot trees are read-only, pod outputs belong to other uids)."""
-    log(f"removing {root}")
-    for dirpath, _, _ in os.walk(root):
-        try:
-            os.chmod(dirpath, 0o755)
-        except OSError:
-            pass
-    shutil.rmtree(root, ignore_errors=True)
 
 
 class PodWatcher:

@@ -42,6 +42,40 @@ def check_args(stage: str, mode: str) -> None:
         raise DataflowError(f"mode must be 'per_file' or 'whole', not {mode!r}")
 
 
+def set_dataflow_args(
+    task: Any,
+    *,
+    command: Any,
+    output: DirectoryDataset,
+    mode: str,
+    per_file_input: str | None,
+    env: Mapping[str, str] | None,
+    secret_env: Mapping[str, str] | None,
+    dataflow_params: Mapping[str, Any] | None,
+    version: str,
+    partition: str | None,
+    batch_size: int | None,
+    stage: str,
+    batch_index: int | None,
+    plan_task_id: str | None,
+) -> None:
+    """Store the dataflow arguments on an operator: the attributes that
+    :func:`build_spec` and :func:`execute_stage` read."""
+    task.command = list(command)
+    task.output_dataset = output
+    task.mode = mode
+    task.per_file_input = per_file_input
+    task.env = dict(env or {})
+    task.secret_env = dict(secret_env or {})
+    task.dataflow_params = dict(dataflow_params or {})
+    task.version = version
+    task.partition = partition
+    task.batch_size = batch_size
+    task.stage = stage
+    task.batch_index = batch_index
+    task.plan_task_id = plan_task_id
+
+
 def build_spec(
     task: Any,
     context: Context,

@@ -14,7 +14,14 @@ from airflow_dataflow.dataset import DirectoryDataset
 from airflow_dataflow.engine import PER_FILE, WHOLE, Engine
 from airflow_dataflow.exceptions import DataflowError
 from airflow_dataflow.hooks.manifest import DatasetManifestHook
-from airflow_dataflow.operators.common import as_inputs, build_spec, check_args, commit_info, execute_stage
+from airflow_dataflow.operators.common import (
+    as_inputs,
+    build_spec,
+    check_args,
+    commit_info,
+    execute_stage,
+    set_dataflow_args,
+)
 from airflow_dataflow.runners.base import Runner
 
 if TYPE_CHECKING:
@@ -88,21 +95,24 @@ class DataflowOperator(BaseOperator):
         # the facts go to the asset event and the commit log; only the plan's batch list is an XCom
         kwargs.setdefault("do_xcom_push", stage == "plan")
         super().__init__(**kwargs)
-        self.command = list(command)
-        self.output_dataset = output
-        self.mode = mode
+        set_dataflow_args(
+            self,
+            command=command,
+            output=output,
+            mode=mode,
+            per_file_input=per_file_input,
+            env=env,
+            secret_env=secret_env,
+            dataflow_params=dataflow_params,
+            version=version,
+            partition=partition,
+            batch_size=batch_size,
+            stage=stage,
+            batch_index=batch_index,
+            plan_task_id=plan_task_id,
+        )
         self.image = image
-        self.per_file_input = per_file_input
-        self.env = env or {}
-        self.secret_env = secret_env or {}
-        self.dataflow_params = dataflow_params or {}
-        self.version = version
-        self.partition = partition
         self.runner = runner
-        self.batch_size = batch_size
-        self.stage = stage
-        self.batch_index = batch_index
-        self.plan_task_id = plan_task_id
 
     # -- collaborators -------------------------------------------------------------------
     @cached_property

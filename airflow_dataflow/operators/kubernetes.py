@@ -53,7 +53,14 @@ from airflow_dataflow.dataset import DirectoryDataset
 from airflow_dataflow.engine import WHOLE, Engine, Plan
 from airflow_dataflow.exceptions import DataflowError
 from airflow_dataflow.hooks.manifest import DatasetManifestHook
-from airflow_dataflow.operators.common import as_inputs, build_spec, check_args, commit_info, execute_stage
+from airflow_dataflow.operators.common import (
+    as_inputs,
+    build_spec,
+    check_args,
+    commit_info,
+    execute_stage,
+    set_dataflow_args,
+)
 from airflow_dataflow.runners.base import Runner, RunRequest
 
 if TYPE_CHECKING:
@@ -157,20 +164,23 @@ class KubernetesDataflowOperator(KubernetesPodOperator):
         kwargs.setdefault("startup_timeout_seconds", TASK_TIMEOUT_S)
         kwargs.setdefault("startup_check_interval_seconds", 1)
         super().__init__(image=image, cmds=list(command), **kwargs)
-        self.command = list(command)
         self.inputs = inputs_map
-        self.output_dataset = output
-        self.mode = mode
-        self.per_file_input = per_file_input
-        self.env = env or {}
-        self.secret_env = secret_env or {}
-        self.dataflow_params = dataflow_params or {}
-        self.version = version
-        self.partition = partition
-        self.batch_size = batch_size
-        self.stage = stage
-        self.batch_index = batch_index
-        self.plan_task_id = plan_task_id
+        set_dataflow_args(
+            self,
+            command=command,
+            output=output,
+            mode=mode,
+            per_file_input=per_file_input,
+            env=env,
+            secret_env=secret_env,
+            dataflow_params=dataflow_params,
+            version=version,
+            partition=partition,
+            batch_size=batch_size,
+            stage=stage,
+            batch_index=batch_index,
+            plan_task_id=plan_task_id,
+        )
         self.data_volume = data_volume
         self.data_mount_path = data_mount_path
         self.s3_secret = s3_secret

@@ -103,8 +103,18 @@ def build_spec(
         version=task.version,
         partition=partition,
         batch_size=task.batch_size or config.batch_size,
-        max_batches=config.max_batches,
+        max_batches=min(config.max_batches, _max_map_length()),
     )
+
+
+def _max_map_length() -> int:
+    """Airflow's ``[core] max_map_length``: mapped batches never exceed it."""
+    try:
+        from airflow.configuration import conf
+
+        return conf.getint("core", "max_map_length", fallback=1024)
+    except Exception:  # noqa: BLE001 - no Airflow configuration: Airflow's default
+        return 1024
 
 
 def commit_info(task: Any, context: Context, spec: TaskSpec, config: DataflowConfig, **stats: Any) -> CommitInfo:

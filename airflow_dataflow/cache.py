@@ -40,7 +40,6 @@ SEGMENT_SCHEMA = pa.schema(
         ("location", pa.string()),
     ]
 )
-COMPACT_AFTER = 64
 
 
 @dataclass(frozen=True)

@@ -170,13 +170,19 @@ def test_missing_manifest(tmp_path):
     assert str(tmp_path / "nope.parquet") in str(err.value)
 
 
-def test_corrupt_snapshot_manifest_in_store(tmp_path):
+def _committed_dataset(tmp_path):
+    """A local dataset at ``tmp_path/ds`` with one commit holding ``a`` = ``1``: (storage, location, manifest)."""
     storage = LocalStorage()
     loc = DatasetLocation.parse(str(tmp_path / "ds"))
     src = tmp_path / "src"
     write_tree(src, {"a": b"1"})
     m, _ = scan_directory(str(src))
     storage.commit(loc, storage.ingest(loc, str(src), m), CommitInfo())
+    return storage, loc, m
+
+
+def test_corrupt_snapshot_manifest_in_store(tmp_path):
+    storage, loc, m = _committed_dataset(tmp_path)
     mpath = os.path.join(loc.meta, "snapshots", m.digest, "manifest.parquet")
     data = open(mpath, "rb").read()
     os.chmod(mpath, 0o644)
@@ -190,12 +196,7 @@ def test_corrupt_snapshot_manifest_in_store(tmp_path):
 
 
 def test_corrupt_log_entry_names_file(tmp_path):
-    storage = LocalStorage()
-    loc = DatasetLocation.parse(str(tmp_path / "ds"))
-    src = tmp_path / "src"
-    write_tree(src, {"a": b"1"})
-    m, _ = scan_directory(str(src))
-    storage.commit(loc, storage.ingest(loc, str(src), m), CommitInfo())
+    storage, loc, m = _committed_dataset(tmp_path)
     entry = os.path.join(loc.meta, "log", "0000000001.json")
     with open(entry, "w") as fh:
         fh.write('{"version": 1, "seq":')
@@ -457,12 +458,7 @@ def test_commit_over_a_plain_directory_is_refused(tmp_path):
 
 
 def test_commit_with_missing_bytes_is_refused(tmp_path):
-    storage = LocalStorage()
-    loc = DatasetLocation.parse(str(tmp_path / "ds"))
-    src = tmp_path / "src"
-    write_tree(src, {"a": b"1"})
-    m0, _ = scan_directory(str(src))
-    storage.commit(loc, storage.ingest(loc, str(src), m0), CommitInfo())
+    storage, loc, m0 = _committed_dataset(tmp_path)
     ghost = Manifest.from_rows([{"path": "x", "size": 1, "digest": D, "location": "file:///nonexistent/object"}])
     with pytest.raises(StorageError) as err:
         storage.commit(loc, ghost, CommitInfo())

@@ -20,29 +20,16 @@ from airflow_dataflow.core.statcache import StatCache
 from airflow_dataflow.exceptions import ConcurrentCommitError, SnapshotNotFoundError
 from airflow_dataflow.storage.local import LocalStorage, cached_scan, scan_directory
 
+import treeutil  # this folder, on sys.path under pytest (the tests have no __init__.py)
+from treeutil import read_plain
+
 OLD = 1_600_000_000  # an mtime far from "now": never racily clean
 
 
 # -- helpers ------------------------------------------------------------------------------
 def write_tree(root, files: dict[str, bytes], mtime: float | None = OLD) -> None:
-    for rel, data in files.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(data)
-        if mtime is not None:
-            os.utime(path, (mtime, mtime))
-
-
-def read_plain(root) -> dict[str, bytes]:
-    """Read a directory with nothing but os.walk and open()."""
-    out = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            with open(full, "rb") as fh:
-                out[os.path.relpath(full, root)] = fh.read()
-    return out
+    """``treeutil.write_tree``, with old mtimes unless told otherwise."""
+    treeutil.write_tree(root, files, mtime)
 
 
 def commit_dir(storage: LocalStorage, loc: DatasetLocation, staging, **kw):

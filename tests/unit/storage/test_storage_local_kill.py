@@ -26,6 +26,8 @@ from airflow_dataflow.core.location import DatasetLocation
 from airflow_dataflow.core.manifest import Manifest
 from airflow_dataflow.storage.local import LocalStorage, scan_directory
 
+from treeutil import read_plain, write_tree  # this folder, on sys.path under pytest (no __init__.py)
+
 N_FILES = 20_000
 
 BASE_FILES = {"keep.txt": b"kept\n", "dir/data.bin": os.urandom(5000), "dir/sub/x.csv": b"a,b\n1,2\n"}
@@ -63,24 +65,6 @@ CHILD_DIES_BEFORE_HEAD_MOVE = textwrap.dedent(
     LocalStorage().commit(loc, manifest, CommitInfo(author="victim"), parent=sys.argv[3])
     """
 )
-
-
-def write_tree(root, files):
-    for rel, data in files.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(data)
-
-
-def read_plain(root):
-    out = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            with open(full, "rb") as fh:
-                out[os.path.relpath(full, root)] = fh.read()
-    return out
 
 
 def stage(storage, loc, staging) -> Manifest:

@@ -33,13 +33,11 @@ invariant exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_note, log, remove_tree  # noqa: E402
+from _common import drop_workdir, log, make_workdir, print_closing  # noqa: E402
 
 TARGET_RATIO = 1.5  # median cached run / median no-op run
 DAG_MODULE = "bench_cached_rerun_dags"
@@ -189,19 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
 
-    root = Path(args.root or tempfile.mkdtemp(prefix="dataflow-bench-cached-")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    dags = root / "dags"
-    dags.mkdir(exist_ok=True)
-    (dags / f"{DAG_MODULE}.py").write_text(DAG_FILE)
+    root, dags = make_workdir(args.root, "dataflow-bench-cached-", DAG_MODULE, DAG_FILE)
     os.environ.update({"DATAFLOW_BENCH_ROOT": str(root), "DATAFLOW_ENV": "prod"})
     try:
         return bench(root, dags, args)
     finally:
-        if args.keep or args.root:
-            log(f"kept {root}")
-        else:
-            remove_tree(root)
+        drop_workdir(root, args.keep or bool(args.root))
 
 
 def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:
@@ -284,11 +275,7 @@ def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:
           f"a busy machine): {f['cpu_ratio_cached_to_noop']:.3f}")
     for b in broken:
         print(f"BROKEN: {b}")
-    note = load_note(f["load_start"], f["load_end"])
-    if note:
-        print(note)
-    if args.json:
-        print(json.dumps({"bench": "cached_rerun", **f}, sort_keys=True))
+    print_closing(f, "cached_rerun", args.json)
     return 1 if broken else 0
 
 

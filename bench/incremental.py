@@ -29,12 +29,10 @@ run, exactly ``--changed`` files per stage) is broken.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_note, log, remove_tree  # noqa: E402
+from _common import drop_workdir, log, make_workdir, print_closing  # noqa: E402
 
 TARGET_RATIO = 0.5  # (dataflow, N changed) / (plain, after the same change)
 DAG_MODULE = "bench_incremental_dags"
@@ -236,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.changed <= args.files:
         p.error("--changed must be between 1 and --files")
 
-    root = Path(args.root or tempfile.mkdtemp(prefix="dataflow-bench-incr-")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    dags = root / "dags"
-    dags.mkdir(exist_ok=True)
-    (dags / f"{DAG_MODULE}.py").write_text(DAG_FILE)
+    root, dags = make_workdir(args.root, "dataflow-bench-incr-", DAG_MODULE, DAG_FILE)
     os.environ.update(
         {
             "DATAFLOW_BENCH_ROOT": str(root),
@@ -251,10 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return bench(root, dags, args)
     finally:
-        if args.keep or args.root:
-            log(f"kept {root}")
-        else:
-            remove_tree(root)
+        drop_workdir(root, args.keep or bool(args.root))
 
 
 def bench(root: Path, dags: Path, args: argparse.Namespace) -> int:
@@ -358,12 +349,8 @@ def report(f: dict[str, Any], runs: dict[str, dict[str, Any]], args: argparse.Na
         print(f"  {name:<20} " + "  ".join(f"{t}={d:.1f}" for t, d in sorted(r["tasks"].items(), key=lambda kv: kv[0])))
     for b in f["invariants_broken"]:
         print(f"BROKEN: {b}")
-    note = load_note(f["load_start"], f["load_end"])
-    if note:
-        print(note)
     f["verdict"] = verdict
-    if args.json:
-        print(json.dumps({"bench": "incremental", **f}, sort_keys=True))
+    print_closing(f, "incremental", args.json)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -67,7 +66,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_note, log, remove_tree  # noqa: E402
+from _common import drop_workdir, log, make_workdir, print_closing  # noqa: E402
 
 TARGET_RATIO = 1.2  # median time per task, dataflow (cache miss) / plain KubernetesPodOperator
 DAG_MODULE = "bench_k8s_overhead_dags"
@@ -255,15 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     if not kubeconfig.is_file():
         raise SystemExit(f"[bench] no kubeconfig at {kubeconfig}: start the local cluster with `make k8s-up`")
 
-    root = Path(args.root or tempfile.mkdtemp(prefix="dataflow-bench-k8s-")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root, dags = make_workdir(args.root, "dataflow-bench-k8s-", DAG_MODULE, DAG_FILE)
     os.chmod(root, 0o755)
     data = root / "data"  # the hostPath data volume, mounted at the same path in pods
     data.mkdir(exist_ok=True)
     os.chmod(data, 0o755)
-    dags = root / "dags"
-    dags.mkdir(exist_ok=True)
-    (dags / f"{DAG_MODULE}.py").write_text(DAG_FILE)
     for i in range(args.tasks):
         plain = data / "plain" / f"t{i}"
         plain.mkdir(parents=True, exist_ok=True)
@@ -303,10 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"deleting namespace {namespace}")
             subprocess.run([str(kubectl_bin), "--kubeconfig", str(kubeconfig), "delete", "namespace", namespace,
                             "--wait=false"], capture_output=True, timeout=60)
-        if args.keep or args.root:
-            log(f"kept {root}" + (f" and namespace {namespace}" if args.keep else ""))
-        else:
-            remove_tree(root)
+        drop_workdir(root, args.keep or bool(args.root), f" and namespace {namespace}" if args.keep else "")
 
 
 def setup_namespace(dags: list[Any], namespace: str, kubeconfig: Path, kubectl_bin: Path) -> None:
@@ -534,11 +526,7 @@ def bench(root: Path, data: Path, mod: Any, namespace: str, kubeconfig: Path, ar
     if f["verdict"] == "MISS":
         print(f"MISS: the dataflow operator takes {f['ratio']:.2f}x the time of a plain KubernetesPodOperator "
               f"per task (target <= {TARGET_RATIO}); see the breakdown above and bench/README.md")
-    note = load_note(f["load_start"], f["load_end"])
-    if note:
-        print(note)
-    if args.json:
-        print(json.dumps({"bench": "k8s_overhead", **f}, sort_keys=True))
+    print_closing(f, "k8s_overhead", args.json)
     return 1 if broken else 0
 
 

@@ -30,7 +30,7 @@ from airflow_dataflow.core.lineage import attribute, parse_lineage_file
 from airflow_dataflow.core.location import DatasetLocation
 from airflow_dataflow.core.manifest import Manifest
 from airflow_dataflow.dataset import DirectoryDataset
-from airflow_dataflow.exceptions import DataflowError, EnvironmentViolationError, ScanError
+from airflow_dataflow.exceptions import DataflowError, EnvironmentViolationError
 from airflow_dataflow.runners.base import LogFn, Runner, RunRequest
 from airflow_dataflow.storage.local import scan_directory
 
@@ -230,8 +230,8 @@ class Engine:
         # a key is a hit only if every output file it names is still intact
         if cached.num_rows:
             outputs = cached.filter(pc.is_valid(cached.column("path")))
-            bad_rows = self._bad_rows(outputs)
-            if bad_rows is not None and bad_rows.num_rows:
+            bad_rows = self.out_storage.damaged(self.out_loc, outputs)
+            if bad_rows.num_rows:
                 self._quarantine(bad_rows)
                 bad_keys = pc.unique(bad_rows.column("cache_key"))
                 self.log(f"cache: {len(bad_keys)} cached file(s) are missing or changed; they run again")
@@ -249,53 +249,18 @@ class Engine:
         n = plan.todo.num_rows
         plan.batch_size = max(spec.batch_size, math.ceil(n / spec.max_batches)) if n else spec.batch_size
 
-    def _bad_rows(self, rows: pa.Table) -> pa.Table | None:
-        """Return the rows whose stored bytes are missing or changed (local: stat; S3: skip)."""
-        if self.out_loc.scheme != "file" or not rows.num_rows:
-            return None
-        bad = []
-        for i, (loc, size, mtime) in enumerate(
-            zip(
-                rows.column("location").to_pylist(),
-                rows.column("size").to_pylist(),
-                rows.column("mtime_ns").to_pylist(),
-                strict=True,
-            )
-        ):
-            if not self._intact(loc, size, mtime):
-                bad.append(i)
-        return rows.take(pa.array(bad, pa.int64()))
-
-    @staticmethod
-    def _intact(location: str | None, size: int, mtime_ns: int | None) -> bool:
-        if not location or not location.startswith("file://"):
-            return location is not None
-        from urllib.parse import unquote
-
-        try:
-            st = os.stat(unquote(location[len("file://") :]))
-        except OSError:
-            return False
-        return st.st_size == size and (mtime_ns is None or st.st_mtime_ns == mtime_ns)
-
     def _unverified(self, table: pa.Table) -> int:
-        bad = self._bad_rows(table)
-        if bad is None:
-            return 0
+        bad = self.out_storage.damaged(self.out_loc, table)
         self._quarantine(bad)
         return bad.num_rows
 
     def _quarantine(self, bad: pa.Table) -> None:
         """Move damaged content-store objects aside, so a rerun stores fresh bytes (nothing is deleted)."""
-        quarantine = getattr(self.out_storage, "quarantine", None)
-        if quarantine is None:
-            return
         for location in bad.column("location").to_pylist():
-            if location:
-                moved = quarantine(self.out_loc, location)
-                if moved:
-                    self.damaged = True
-                    self.log(f"cache: moved damaged object {location} aside to {moved}")
+            moved = self.out_storage.quarantine(self.out_loc, location) if location else None
+            if moved:
+                self.damaged = True
+                self.log(f"cache: moved damaged object {location} aside to {moved}")
 
     # -- running ----------------------------------------------------------------------
     def _input_dir(self, name: str, manifest: Manifest, rows: pa.Table | None, scratch: str) -> str:
@@ -303,33 +268,12 @@ class Engine:
         loc = self.input_loc(name)
         storage = self.hook.storage(loc)
         if loc.scheme == "file":
-            path = storage.snapshot_dir(loc, manifest.digest)
-            if not loc.owned:
-                self.check_source_unchanged(loc, manifest if rows is None else Manifest.from_table(rows, validate=False))
-            return path
+            storage.check_unchanged(loc, manifest.table if rows is None else rows)
+            return storage.snapshot_dir(loc, manifest.digest)
         dest = os.path.join(scratch, "in", name)
         wanted = manifest.table if rows is None else rows
         storage.download_rows(wanted, dest, progress=self.log)
         return dest
-
-    @staticmethod
-    def check_source_unchanged(loc: DatasetLocation, manifest: Manifest) -> None:
-        """Raise if a file of an observed source changed since its snapshot (size or mtime)."""
-        for rel, size, mtime in zip(
-            manifest.table.column("path").to_pylist(),
-            manifest.table.column("size").to_pylist(),
-            manifest.table.column("mtime_ns").to_pylist(),
-            strict=True,
-        ):
-            try:
-                st = os.stat(os.path.join(loc.path, rel))
-            except OSError:
-                st = None
-            if st is None or st.st_size != size or (mtime is not None and st.st_mtime_ns != mtime):
-                raise ScanError(
-                    f"source file {os.path.join(loc.path, rel)!r} changed or vanished after its snapshot was "
-                    "committed; the change sensor will commit the new state and a new run will process it"
-                )
 
     def _scratch(self) -> str:
         if self.out_loc.scheme == "file":
@@ -498,9 +442,8 @@ class Engine:
         stats["files"] = len(manifest)
         stats["bytes"] = manifest.total_bytes
         info = CommitInfo(**{**info.__dict__, "stats": {**info.stats, **stats}})
-        rebuild = getattr(self.out_storage, "rebuild_tree", None)
-        if self.damaged and rebuild is not None:
-            rebuild(self.out_loc, manifest)  # existing trees of this content still link the damaged bytes
+        if self.damaged:  # existing trees of this content still link the damaged bytes
+            self.out_storage.rebuild_tree(self.out_loc, manifest)
         record = self.hook.commit(self.out_loc, manifest, info, parent=plan.parent)
         if spec.mode == WHOLE and plan.hit is None:
             self.cache.put_whole(plan.code.key, manifest.digest, plan.code.components())

@@ -318,9 +318,9 @@ class KubernetesDataflowOperator(KubernetesPodOperator):
             loc = engine.input_loc(name)
             if loc.scheme != "file":
                 raise DataflowError(f"task {self.task_id!r}: input {name!r} is on S3 but the output is not; use one storage")
-            inputs[name] = engine.hook.storage(loc).snapshot_dir(loc, manifest.digest)
-            if not loc.owned:
-                engine.check_source_unchanged(loc, manifest if batch is None or name != engine.spec.primary else Manifest.from_table(batch, validate=False))
+            storage = engine.hook.storage(loc)
+            storage.check_unchanged(loc, batch if (batch is not None and name == engine.spec.primary) else manifest.table)
+            inputs[name] = storage.snapshot_dir(loc, manifest.digest)
         files = None
         if batch is not None:
             with open(os.path.join(staging, "files.txt"), "w", encoding="utf-8") as fh:

@@ -7,6 +7,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+import pyarrow as pa
+
 from airflow_dataflow.core.commit import CommitInfo, CommitRecord, valid_prefix
 from airflow_dataflow.core.location import DatasetLocation
 from airflow_dataflow.core.manifest import Manifest
@@ -100,6 +102,22 @@ class Storage(ABC):
     def list_meta(self, loc: DatasetLocation, prefix: str) -> list[str]:
         """Return the names (relative to ``prefix``) of the files under ``prefix``."""
         raise NotImplementedError(f"{type(self).__name__} does not store cache metadata yet")
+
+    # -- checks and repairs (backends that cannot do them keep these defaults) -------
+    def damaged(self, loc: DatasetLocation, rows: pa.Table) -> pa.Table:
+        """Return the rows (``location``, ``size``, ``mtime_ns``) whose stored bytes are
+        missing or changed; the default trusts content-addressed storage."""
+        return rows.slice(0, 0)
+
+    def quarantine(self, loc: DatasetLocation, location: str) -> str | None:
+        """Move a damaged stored object aside; return where it went (None: not moved)."""
+        return None
+
+    def rebuild_tree(self, loc: DatasetLocation, manifest: Manifest) -> None:
+        """Relink a stored snapshot's plain view after damaged objects were replaced."""
+
+    def check_unchanged(self, loc: DatasetLocation, rows: pa.Table) -> None:
+        """Raise if files of an observed source changed since their snapshot."""
 
     # -- semantics shared by every backend -----------------------------------------
     def head(self, loc: DatasetLocation) -> Manifest | None:

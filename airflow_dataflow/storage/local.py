@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -34,6 +35,7 @@ from airflow_dataflow.core.paths import inside
 from airflow_dataflow.exceptions import (
     ConcurrentCommitError,
     ManifestError,
+    ScanError,
     SnapshotNotFoundError,
     StorageError,
 )
@@ -49,11 +51,7 @@ LOCK_TIMEOUT_S = 60.0
 # the backend
 # ---------------------------------------------------------------------------------
 def _local_path(uri: str) -> str:
-    if uri.startswith("file://"):
-        from urllib.parse import unquote
-
-        return unquote(uri[len("file://") :])
-    return uri
+    return unquote(uri[len("file://") :]) if uri.startswith("file://") else uri
 
 
 class LocalStorage(Storage):
@@ -126,6 +124,51 @@ class LocalStorage(Storage):
         if not loc.owned:
             return loc.path
         return os.path.join(self._snap_dir(loc, digest), "tree")
+
+    def damaged(self, loc: DatasetLocation, rows: pa.Table) -> pa.Table:
+        """Return the rows whose object is missing or has another size or mtime than recorded.
+
+        Content-store objects are read-only, so rewriting their bytes changes their mtime.
+        """
+        bad = []
+        for i, (location, size, mtime) in enumerate(
+            zip(
+                rows.column("location").to_pylist(),
+                rows.column("size").to_pylist(),
+                rows.column("mtime_ns").to_pylist(),
+                strict=True,
+            )
+        ):
+            if location is None:
+                bad.append(i)
+                continue
+            try:
+                st = os.stat(_local_path(location))
+            except OSError:
+                bad.append(i)
+                continue
+            if st.st_size != size or (mtime is not None and st.st_mtime_ns != mtime):
+                bad.append(i)
+        return rows.take(pa.array(bad, pa.int64()))
+
+    def check_unchanged(self, loc: DatasetLocation, rows: pa.Table) -> None:
+        """Raise if a file of an observed source changed since its snapshot (size or mtime)."""
+        if loc.owned:
+            return  # committed trees are immutable
+        for rel, size, mtime in zip(
+            rows.column("path").to_pylist(), rows.column("size").to_pylist(), rows.column("mtime_ns").to_pylist(),
+            strict=True,
+        ):  # fmt: skip
+            path = os.path.join(loc.path, rel)
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+            if st is None or st.st_size != size or (mtime is not None and st.st_mtime_ns != mtime):
+                raise ScanError(
+                    f"source file {path!r} changed or vanished after its snapshot was committed; the change "
+                    "sensor will commit the new state and a new run will process it"
+                )
 
     def quarantine(self, loc: DatasetLocation, location: str) -> str | None:
         """Move a damaged content-store object to ``_dataflow/quarantine/``; return where it went.

@@ -54,7 +54,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import hashlib
 import io
 import json
 import logging
@@ -73,7 +72,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_dataflow.core.commit import CommitRecord
-from airflow_dataflow.core.hashing import CHUNK, new_hasher
+from airflow_dataflow.core.hashing import CHUNK, digest_bytes, new_hasher
 from airflow_dataflow.core.location import DatasetLocation
 from airflow_dataflow.core.manifest import Manifest
 from airflow_dataflow.core.paths import RESERVED_DIR, validate_relpath
@@ -93,7 +92,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HEAD_VERSION = 1
-EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+EMPTY_DIGEST = digest_bytes(b"")
 DIGEST_META = "dataflow-digest"  # x-amz-meta-dataflow-digest on stored objects
 CACHE_FORMAT = b"airflow-dataflow-s3-statcache"
 CACHE_SCHEMA = pa.schema(
@@ -1020,14 +1019,10 @@ class S3Storage(Storage):
             log.info("view %s: %d file(s) copied, %d deleted", loc.uri, len(to_copy), len(to_delete))
 
     # -- small metadata files under the store root (caches) ----------------------------------------
-    @staticmethod
-    def _store_root(loc: DatasetLocation) -> str:
-        return loc.objects.rsplit("/", 1)[0] if "/" in loc.objects else ""
-
     def _meta_key(self, loc: DatasetLocation, rel: str) -> str:
         if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.rstrip("/").split("/")):
             raise InvalidPathError(f"metadata path {rel!r} of {loc.uri} must be relative and normalised (no '..')")
-        root = self._store_root(loc)
+        root = loc.store_root
         return f"{root}/{rel}" if root else rel
 
     def put_meta(self, loc: DatasetLocation, rel: str, data: bytes) -> None:

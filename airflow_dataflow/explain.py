@@ -130,15 +130,9 @@ def explain_records(
 
 def output_of(dag_id: str, task_id: str, dags_folder: str | None) -> Any:
     """Return the output dataset of a dataflow task found in the DAG files."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_dataflow.identity.cli import load_dag
 
-    bag = DagBag(dag_folder=dags_folder, collect_dags=True)
-    dag = bag.dags.get(dag_id)
-    if dag is None:
-        errors = "; ".join(f"{k}: {v.splitlines()[-1] if v else ''}" for k, v in bag.import_errors.items())
-        raise DataflowError(
-            f"DAG {dag_id!r} not found in {bag.dag_folder}" + (f" (import errors: {errors})" if errors else "")
-        )
+    dag = load_dag(dag_id, dags_folder)
     for task in dag.tasks:
         if task.task_id in (task_id, f"{task_id}.commit") and hasattr(task, "output_dataset"):
             return task.output_dataset

@@ -32,18 +32,19 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def load_dag(dag_id: str, dags_folder: str | None, env: str) -> Any:
-    """Parse the DAG files of ``dags_folder`` as environment ``env`` and return DAG ``dag_id``.
+def load_dag(dag_id: str, dags_folder: str | None, env: str | None = None) -> Any:
+    """Parse the DAG files of ``dags_folder`` (as environment ``env``, if given) and return DAG ``dag_id``.
 
     Datasets take their environment when the DAG file is parsed, so
     ``DATAFLOW_ENV`` is set to ``env`` meanwhile. Anything the DAG files print
-    goes to stderr, so that stdout stays valid YAML.
+    goes to stderr, so that stdout stays valid YAML (or JSON). Also used by
+    ``airflow-dataflow explain``.
 
     :param dag_id: the DAG
     :param dags_folder: folder or file to parse; default: Airflow's ``[core] dags_folder``
-    :param env: the environment
+    :param env: the environment; default: leave ``DATAFLOW_ENV`` as it is
     """
-    with contextlib.redirect_stdout(sys.stderr), _environment(DATAFLOW_ENV=env):
+    with contextlib.redirect_stdout(sys.stderr), _environment(**({"DATAFLOW_ENV": env} if env else {})):
         from airflow import settings
         from airflow.dag_processing.dagbag import DagBag
 

@@ -433,21 +433,26 @@ class S3Storage(Storage):
                 sha256_listed="SHA256" in algos and obj.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT",
             )
 
-    def _local_cache(self, loc: DatasetLocation) -> str | None:
+    def _local_cache(self, loc: DatasetLocation, has_head: bool | None = None) -> str | None:
         """Return a local cache file for a prefix that is no dataset (nothing is written in its
-        bucket), or None when the cache belongs beside the dataset's metadata."""
-        try:
-            if self.read_head(loc) is not None:
-                return None
-        except (StorageError, ManifestError):
-            pass
+        bucket), or None when the cache belongs beside the dataset's metadata.
+
+        :param has_head: whether ``loc`` has a HEAD, when the caller knows (else HEAD is read)
+        """
+        if has_head is None:
+            try:
+                has_head = self.read_head(loc) is not None
+            except (StorageError, ManifestError):
+                has_head = False
+        if has_head:
+            return None
         from airflow_dataflow.storage.localscan import user_cache_file
 
         return user_cache_file(loc.uri)
 
-    def _load_cache(self, loc: DatasetLocation) -> S3StatCache:
-        """Load the scan cache; one that cannot be read is empty (it only saves time)."""
-        local = self._local_cache(loc)
+    def _load_cache(self, loc: DatasetLocation, local: str | None) -> S3StatCache:
+        """Load the scan cache (from ``local``, else beside the metadata); one that cannot be read
+        is empty (it only saves time)."""
         try:
             if local is not None:
                 with open(local, "rb") as fh:
@@ -460,8 +465,7 @@ class S3Storage(Storage):
             return S3StatCache({})
         return S3StatCache.from_bytes(got[0] if got else None)
 
-    def _save_cache(self, loc: DatasetLocation, cache: S3StatCache) -> None:
-        local = self._local_cache(loc)
+    def _save_cache(self, loc: DatasetLocation, cache: S3StatCache, local: str | None) -> None:
         try:
             if local is not None:
                 os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -523,7 +527,8 @@ class S3Storage(Storage):
         :raises InvalidPathError: a key does not map to a safe relative path
         :raises StorageError: the bucket is missing or not readable
         """
-        cache = self._load_cache(loc)
+        local = self._local_cache(loc)
+        cache = self._load_cache(loc, local)
         prog = Progress(f"scan {loc.uri}", progress)
         items: list[_Listed] = []
         digests: list[str | None] = []
@@ -558,7 +563,7 @@ class S3Storage(Storage):
         manifest = Manifest.from_table(table, where=loc.uri)
         if todo or len(cache.entries) != len(items):
             fresh = S3StatCache({it.rel: (it.size, it.etag, d) for it, d in zip(items, digests, strict=True)})  # type: ignore[misc]
-            self._save_cache(loc, fresh)
+            self._save_cache(loc, fresh, local)
         return manifest
 
     # -- reading metadata ----------------------------------------------------------------
@@ -883,7 +888,7 @@ class S3Storage(Storage):
         self._write_log(loc, record)
         if loc.owned:
             try:
-                self.sync_view(loc)
+                self._sync_view_from(loc, manifest.digest)  # the HEAD written above
             except DataflowError as err:
                 raise StorageError(
                     f"commit {manifest.digest[:12]} of {loc.uri} succeeded (HEAD moved) but the plain view "
@@ -907,20 +912,26 @@ class S3Storage(Storage):
         copied server-side from the content store before anything is deleted. If
         HEAD moves during the sync, the sync runs again for the new HEAD.
         """
-        if not loc.owned:
-            return
+        if loc.owned:
+            self._sync_view_from(loc, self.read_head(loc), progress, rounds)
+
+    def _sync_view_from(
+        self, loc: DatasetLocation, digest: str | None, progress: ProgressFn | None = None, rounds: int = 5
+    ) -> None:
+        """:meth:`sync_view` from HEAD ``digest``, read by the caller."""
         for _ in range(rounds):
-            digest = self.read_head(loc)
             if digest is None:
                 return
             self._sync_to(loc, self.read_manifest(loc, digest), progress)
-            if self.read_head(loc) == digest:
+            now = self.read_head(loc)
+            if now == digest:
                 return
+            digest = now
         raise StorageError(f"HEAD of {loc.uri} kept moving while its plain view was being updated; retry sync_view")
 
-    def _plan_view(self, loc: DatasetLocation, manifest: Manifest) -> _ViewPlan:
+    def _plan_view(self, loc: DatasetLocation, manifest: Manifest, local_cache: str | None) -> _ViewPlan:
         """Compare a listing of the plain view with ``manifest``: what to copy and delete."""
-        cache = self._load_cache(loc)
+        cache = self._load_cache(loc, local_cache)
         listed = {it.rel: it for it in self._list_view(loc)}
         want = dict(
             zip(
@@ -961,7 +972,7 @@ class S3Storage(Storage):
 
     def _check_first_commit(self, loc: DatasetLocation, manifest: Manifest) -> None:
         """Refuse a first commit that would overwrite or delete objects nobody committed."""
-        plan = self._plan_view(loc, manifest)
+        plan = self._plan_view(loc, manifest, self._local_cache(loc, has_head=False))
         # objects the plan cannot vouch for (no cache entry, no stored SHA-256) are hashed here
         doubtful = [plan.listed[rel] for rel in plan.to_copy if rel in plan.listed]
         same = {
@@ -979,7 +990,7 @@ class S3Storage(Storage):
             )
 
     def _sync_to(self, loc: DatasetLocation, manifest: Manifest, progress: ProgressFn | None) -> None:
-        plan = self._plan_view(loc, manifest)
+        plan = self._plan_view(loc, manifest, None)  # HEAD exists: the cache lives beside it
         want, listed, new_entries, to_copy = plan.want, plan.listed, dict(plan.keep), plan.to_copy
         to_delete = [listed[rel].key for rel in plan.to_delete]
         prog = Progress(f"update view {loc.uri}", progress)
@@ -998,7 +1009,7 @@ class S3Storage(Storage):
                 prog.tick(n, len(to_copy))
         finally:
             if to_copy or plan.cache_changed:
-                self._save_cache(loc, S3StatCache(new_entries))
+                self._save_cache(loc, S3StatCache(new_entries), None)
         for start in range(0, len(to_delete), 1000):
             batch = to_delete[start : start + 1000]
             resp = self._call(

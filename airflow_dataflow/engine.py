@@ -9,6 +9,7 @@ output's parent, :meth:`Engine.run_batch` re-derives its batch from those pins
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -202,9 +203,42 @@ class Engine:
         plan = Plan(pins=new_pins, code=code, input_manifests=manifests, parent=parent, plan_id=plan_id)
         if spec.mode == WHOLE:
             self._plan_whole(plan)
-        else:
+        elif not (pins and self._load_saved(plan)):
             self._plan_per_file(plan)
         return plan
+
+    # A fan-out's plan step saves what it decided, so that its mapped batches and its
+    # commit step do not repeat the cache lookup and the checks of every cached file.
+    def _plan_rel(self, plan: Plan, name: str) -> str:
+        return f"staging/{plan.plan_id}/plan-{name}"
+
+    def save_plan(self, plan: Plan) -> None:
+        """Store a per-file plan's decisions beside its batch results (see :meth:`plan`)."""
+        if self.spec.mode != PER_FILE:
+            return
+        assert plan.todo is not None and plan.reused is not None
+        for name, table in (("todo.parquet", plan.todo), ("reused.parquet", plan.reused)):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            self.out_storage.put_meta(self.out_loc, self._plan_rel(plan, name), sink.getvalue().to_pybytes())
+        facts = {k: getattr(plan, k) for k in ("reused_inputs", "deleted_inputs", "batch_size")}
+        facts["damaged"] = self.damaged
+        self.out_storage.put_meta(self.out_loc, self._plan_rel(plan, "facts.json"), json.dumps(facts).encode())
+
+    def _load_saved(self, plan: Plan) -> bool:
+        facts = self.out_storage.get_meta(self.out_loc, self._plan_rel(plan, "facts.json"))
+        todo = self.out_storage.get_meta(self.out_loc, self._plan_rel(plan, "todo.parquet"))
+        reused = self.out_storage.get_meta(self.out_loc, self._plan_rel(plan, "reused.parquet"))
+        if facts is None or todo is None or reused is None:
+            return False
+        doc = json.loads(facts)
+        plan.todo = pq.read_table(pa.BufferReader(todo))
+        plan.reused = pq.read_table(pa.BufferReader(reused))
+        plan.reused_inputs, plan.deleted_inputs, plan.batch_size = (
+            doc["reused_inputs"], doc["deleted_inputs"], doc["batch_size"]
+        )
+        self.damaged = self.damaged or doc["damaged"]
+        return True
 
     def _plan_whole(self, plan: Plan) -> None:
         entry = self.cache.get_whole(plan.code.key)

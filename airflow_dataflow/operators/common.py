@@ -175,6 +175,7 @@ def execute_stage(
             plan.reused_inputs,
             plan.deleted_inputs,
         )
+        engine.save_plan(plan)
         context["ti"].xcom_push(key="pins", value=plan.pins)
         return list(range(plan.n_batches))
     pins = context["ti"].xcom_pull(task_ids=task.plan_task_id, key="pins")

@@ -80,3 +80,24 @@ def test_whole_mode_hits_after_a_first_run(world):
     second = Engine(spec(source, out, command=whole, mode="whole"), hook, LocalRunner(), print, "prod").execute(CommitInfo())
     assert second.stats["cache"] == "hit" and LocalRunner.started == started
     assert second.record.digest == first.record.digest
+
+
+def test_mapped_steps_reuse_the_saved_plan(world, tmp_path):
+    import shutil
+
+    hook, source, out = world
+    first = Engine(spec(source, out, batch_size=3), hook, LocalRunner(), print, "prod")
+    first.execute(CommitInfo())
+    (tmp_path / "src" / "f0.txt").write_text("changed\n")
+    hook.commit(source, hook.scan(source), CommitInfo(task_id="setup"))
+
+    planner = Engine(spec(source, out, batch_size=3), hook, LocalRunner(), print, "prod")
+    plan = planner.plan()
+    assert plan.todo.num_rows == 1 and plan.reused_inputs == 9
+    planner.save_plan(plan)
+    # without the cache index a fresh decision would run every file; a batch step
+    # given the pins must follow the saved plan instead
+    shutil.rmtree(tmp_path / "prod" / "_dataflow" / "cache")
+    batch = Engine(spec(source, out, batch_size=3), hook, LocalRunner(), print, "prod").plan(plan.pins)
+    assert batch.plan_id == plan.plan_id
+    assert batch.todo.column("path").to_pylist() == ["f0.txt"] and batch.reused_inputs == 9

@@ -71,7 +71,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_dataflow.core.commit import CommitRecord
+from airflow_dataflow.core.commit import CommitRecord, valid_prefix
 from airflow_dataflow.core.hashing import CHUNK, digest_bytes, new_hasher
 from airflow_dataflow.core.location import DatasetLocation
 from airflow_dataflow.core.manifest import Manifest
@@ -609,6 +609,15 @@ class S3Storage(Storage):
 
     def read_log(self, loc: DatasetLocation) -> list[CommitRecord]:
         """Return every commit log entry, including HEAD's own record if its entry is not written yet."""
+        return self._read_log(loc)[0]
+
+    def log(self, loc: DatasetLocation) -> list[CommitRecord]:
+        """Return the commits of ``loc`` that really happened, oldest first (HEAD read once)."""
+        records, head = self._read_log(loc)
+        return valid_prefix(records, head)
+
+    def _read_log(self, loc: DatasetLocation) -> tuple[list[CommitRecord], str | None]:
+        """Return (:meth:`read_log`, HEAD's digest), from one read of HEAD."""
         prefix = f"{loc.meta}/log/"
         listed = [o for o in self._list(loc.bucket, prefix) if o["Key"].endswith(".json")]
 
@@ -628,7 +637,7 @@ class S3Storage(Storage):
         doc, _ = self._read_head_doc(loc)
         if doc is not None and doc.get("record") and not any(r.seq == int(doc["seq"]) for r in records):
             records.append(self._head_record(loc, doc))
-        return sorted(records, key=lambda r: r.seq)
+        return sorted(records, key=lambda r: r.seq), None if doc is None else str(doc["digest"])
 
     def _head_record(self, loc: DatasetLocation, doc: dict[str, Any]) -> CommitRecord:
         return CommitRecord.from_json(json.dumps(doc["record"]).encode(), s3_uri(loc.bucket, self._head_key(loc)))

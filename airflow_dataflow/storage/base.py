@@ -142,6 +142,14 @@ class Storage(ABC):
             digest = matches.pop()
         return self.read_manifest(loc, digest)
 
+    def log_tail(self, loc: DatasetLocation, head: str | None) -> tuple[int, list[int]]:
+        """Return the sequence number of the last real commit (0: none) and those of the
+        aborted entries after it. Backends may answer without reading the whole log."""
+        records = sorted(self.read_log(loc), key=lambda r: r.seq)
+        valid = valid_prefix(records, head)
+        last = valid[-1].seq if valid else 0
+        return last, [r.seq for r in records if r.seq > last]
+
     def log(self, loc: DatasetLocation) -> list[CommitRecord]:
         """Return the commits of ``loc`` that really happened, oldest first."""
         return valid_prefix(self.read_log(loc), self.read_head(loc))
@@ -163,8 +171,7 @@ class Storage(ABC):
         if parent is ...:
             parent = self.read_head(loc)
         self.store_snapshot(loc, manifest)
-        records = self.log(loc)
-        seq = (records[-1].seq + 1) if records else 1
+        seq = self.log_tail(loc, self.read_head(loc))[0] + 1
         record = CommitRecord(
             seq=seq,
             digest=manifest.digest,

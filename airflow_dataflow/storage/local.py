@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from airflow_dataflow.core.commit import CommitRecord, valid_prefix
+from airflow_dataflow.core.commit import CommitRecord
 from airflow_dataflow.core.location import DatasetLocation, file_uri
 from airflow_dataflow.core.manifest import Manifest
 from airflow_dataflow.core.paths import inside
@@ -118,6 +118,24 @@ class LocalStorage(Storage):
             with open(path, "rb") as fh:
                 out.append(CommitRecord.from_json(fh.read(), path))
         return out
+
+    def log_tail(self, loc: DatasetLocation, head: str | None) -> tuple[int, list[int]]:
+        """Read log entries from the newest back to the one HEAD names: a commit costs
+        a directory listing and, usually, one entry, however long the log is."""
+        log_dir = os.path.join(loc.meta, "log")
+        try:
+            names = sorted((n for n in os.listdir(log_dir) if n.endswith(".json")), reverse=True)
+        except FileNotFoundError:
+            return 0, []
+        aborted = []
+        for name in names:
+            path = os.path.join(log_dir, name)
+            with open(path, "rb") as fh:
+                record = CommitRecord.from_json(fh.read(), path)
+            if head is not None and record.digest == head:
+                return record.seq, aborted
+            aborted.append(record.seq)
+        return 0, aborted
 
     def snapshot_dir(self, loc: DatasetLocation, digest: str) -> str:
         """Return the plain directory of a committed snapshot (owned) or the source (observed)."""
@@ -340,8 +358,8 @@ class LocalStorage(Storage):
             actual = self.read_head(loc)
             if actual != expected:
                 raise self.race(loc, expected, actual)
-            committed = valid_prefix(self.read_log(loc), actual)
-            if record.seq != (committed[-1].seq + 1 if committed else 1):
+            last, aborted = self.log_tail(loc, actual)
+            if record.seq != last + 1:
                 # HEAD moved away and back (A-B-A) since the caller read it: its
                 # sequence number is taken, and writing it would overwrite a commit
                 raise ConcurrentCommitError(
@@ -350,7 +368,11 @@ class LocalStorage(Storage):
                 )
             log_dir = os.path.join(loc.meta, "log")
             os.makedirs(log_dir, exist_ok=True)
-            self._drop_aborted(loc, log_dir, actual)
+            for seq in aborted:  # entries of writers killed before moving HEAD: set aside, not deleted
+                os.replace(
+                    os.path.join(log_dir, f"{seq:010d}.json"),
+                    os.path.join(log_dir, f"{seq:010d}.aborted-{uuid.uuid4().hex[:8]}"),
+                )
             entry = os.path.join(log_dir, f"{record.seq:010d}.json")
             self._atomic_write(entry, record.to_json())
             # one rename moves HEAD: the symlink of an owned dataset, the HEAD file of a source
@@ -358,16 +380,6 @@ class LocalStorage(Storage):
                 self._point_view(loc, manifest.digest)
             else:
                 self._atomic_write(self._head_file(loc), (manifest.digest + "\n").encode())
-
-    def _drop_aborted(self, loc: DatasetLocation, log_dir: str, head: str | None) -> None:
-        records = self.read_log(loc)
-        valid = {r.seq for r in valid_prefix(records, head)}
-        for r in records:
-            if r.seq not in valid:
-                os.replace(
-                    os.path.join(log_dir, f"{r.seq:010d}.json"),
-                    os.path.join(log_dir, f"{r.seq:010d}.aborted-{uuid.uuid4().hex[:8]}"),
-                )
 
     def _point_view(self, loc: DatasetLocation, digest: str) -> None:
         view = loc.path

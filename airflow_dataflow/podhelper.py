@@ -654,10 +654,11 @@ def stage_out(spec: dict[str, Any]) -> dict[str, Any]:
         first: dict[str, int] = {}
         for i, digest in enumerate(digests):
             first.setdefault(digest, i)
+        keys = {digest: store_key(out["store_uri"], digest) for digest in first}
         with Progress("stage-out upload", len(first)) as up:
 
             def one_upload(i: int) -> bool:
-                bucket, key = store_key(out["store_uri"], digests[i])
+                bucket, key = keys[digests[i]]
                 did = upload(client, files[i][1], files[i][2].st_size, bucket, key, digests[i], up)
                 up.done_file()
                 return did
@@ -666,7 +667,7 @@ def stage_out(spec: dict[str, Any]) -> dict[str, Any]:
             results = run_parallel(one_upload, order, workers)
         sent = sum(1 for r in results if r)
         for i, digest in enumerate(digests):
-            bucket, key = store_key(out["store_uri"], digest)
+            bucket, key = keys[digest]
             locations[i] = f"s3://{bucket}/{key}"
     lineage = None
     if out.get("lineage_path") and os.path.isfile(out["lineage_path"]):

@@ -124,6 +124,11 @@ class DirectoryDataset(Asset):
         spec: dict[str, Any] = (asset.extra or {}).get("dataflow") or {}
         if "template" not in spec:
             raise DataflowError(f"asset {asset.name!r} is not a DirectoryDataset (no dataflow extra)")
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> DirectoryDataset:
+        """Rebuild a dataset from its ``extra["dataflow"]`` values (plain, serialisable)."""
         return cls(
             spec["dataset"],
             spec["template"],

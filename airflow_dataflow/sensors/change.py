@@ -92,7 +92,7 @@ class DirectoryChangeSensor(BaseSensorOperator):
         if not self._waits():
             self._check_env()
             partition = self._partition(context)
-            return self._commit_if_changed(context, partition) or self._unchanged_ref(partition)
+            return self._commit_if_changed(context, partition, ref_if_unchanged=True)
         if not self.deferrable:
             return super().execute(context)
         self._check_env()
@@ -127,22 +127,19 @@ class DirectoryChangeSensor(BaseSensorOperator):
             raise DataflowError(f"{self.dataset.name}: the change the trigger saw is gone; the sensor will rerun")
         return result
 
-    def _unchanged_ref(self, partition: str | None) -> dict[str, Any]:
-        head = self.hook.head(self.dataset, partition)
-        digest = head.digest if head is not None else None
-        n = len(head) if head is not None else 0
+    def _ref(
+        self, partition: str | None, old: str | None, new: str, files: int, nbytes: int, counts: dict[str, int]
+    ) -> dict[str, Any]:
+        """The small change reference handed downstream: digests and counts, never file lists."""
         return {
             "dataset": self.dataset.dataset_name,
             "env": self.dataset.env,
             "partition": partition,
-            "from": digest,
-            "to": digest,
-            "files": n,
-            "bytes": head.total_bytes if head is not None else 0,
-            "added": 0,
-            "modified": 0,
-            "deleted": 0,
-            "unchanged": n,
+            "from": old,
+            "to": new,
+            "files": files,
+            "bytes": nbytes,
+            **counts,
         }
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -150,14 +147,23 @@ class DirectoryChangeSensor(BaseSensorOperator):
         result = self._commit_if_changed(context, self._partition(context))
         return PokeReturnValue(is_done=result is not None, xcom_value=result)
 
-    def _commit_if_changed(self, context: Context, partition: str | None) -> dict[str, Any] | None:
+    def _commit_if_changed(
+        self, context: Context, partition: str | None, ref_if_unchanged: bool = False
+    ) -> dict[str, Any] | None:
+        """Commit the directory's state if it differs from HEAD; return the change reference.
+
+        :param ref_if_unchanged: return a reference to HEAD (no change) instead of None
+        """
         loc = self.dataset.location(partition)
         storage = self.hook.storage(loc)
         head = storage.head(loc)
         current = storage.scan(loc, progress=self.log.info)
         if head is not None and current.digest == head.digest:
             self.log.info("%s: unchanged (%s, %d files)", loc.uri, head.digest[:12], len(head))
-            return None
+            if not ref_if_unchanged:
+                return None
+            counts = {"added": 0, "modified": 0, "deleted": 0, "unchanged": len(head)}
+            return self._ref(partition, head.digest, head.digest, len(head), head.total_bytes, counts)
         change = diff(head or Manifest.empty(), current)
         counts = change.counts()
         ti = context.get("ti")
@@ -172,16 +178,8 @@ class DirectoryChangeSensor(BaseSensorOperator):
             stats={"mode": "scan", **counts, "processed": counts["added"] + counts["modified"], "reused": counts["unchanged"]},
         )
         record = storage.commit(loc, current, info, parent=head.digest if head is not None else None)
-        ref = {
-            "dataset": self.dataset.dataset_name,
-            "env": self.dataset.env,
-            "partition": partition,
-            "from": head.digest if head is not None else None,
-            "to": record.digest,
-            "files": record.files,
-            "bytes": record.bytes,
-            **counts,
-        }
+        ref = self._ref(partition, head.digest if head is not None else None, record.digest, record.files,
+                        record.bytes, counts)  # fmt: skip
         events = context.get("outlet_events")
         if events is not None:
             events[self.dataset].extra = ref

@@ -53,14 +53,7 @@ class DirectoryChangeTrigger(BaseTrigger):
         from airflow_dataflow.dataset import DirectoryDataset
         from airflow_dataflow.hooks.manifest import DatasetManifestHook
 
-        ds = DirectoryDataset(
-            self.dataset["dataset"],
-            self.dataset["template"],
-            env=self.dataset["env"],
-            owned=self.dataset.get("owned", True),
-            metadata_root=self.dataset.get("metadata_root"),
-            aws_conn_id=self.dataset.get("aws_conn_id"),
-        )
+        ds = DirectoryDataset.from_spec(self.dataset)
         hook = DatasetManifestHook(aws_conn_id=ds.aws_conn_id, progress=self.log.info)
         return hook.scan(ds, self.partition).digest
 

@@ -197,9 +197,8 @@ def _set_writable_home(spec: dict[str, Any]) -> None:
     work = os.path.dirname(spec["output"]["dir"].rstrip("/")) or "/"
     if not os.environ.get("HOME") or not os.access(os.environ["HOME"], os.W_OK):
         os.environ["HOME"] = work
-    for var in ("TMPDIR",):
-        if not os.environ.get(var) or not os.access(os.environ[var], os.W_OK):
-            os.environ[var] = work
+    if not os.environ.get("TMPDIR") or not os.access(os.environ["TMPDIR"], os.W_OK):
+        os.environ["TMPDIR"] = work
 
 
 # ---------------------------------------------------------------------------------
@@ -324,7 +323,7 @@ def run_parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="helper") as pool:
         futures = [pool.submit(fn, item) for item in items]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=FIRST_EXCEPTION)
         for fut in futures:
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 for other in futures:

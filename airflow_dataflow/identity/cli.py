@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -73,13 +74,7 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     owner = args.owner or DataflowConfig.load().owner
     config = IdentityConfig.load()
     if args.launcher_service_account:
-        config = IdentityConfig(
-            identity_map=config.identity_map,
-            iam_role_pattern=config.iam_role_pattern,
-            namespace=config.namespace,
-            launcher_service_account=args.launcher_service_account,
-            prod_env=config.prod_env,
-        )
+        config = dataclasses.replace(config, launcher_service_account=args.launcher_service_account)
     dag = load_dag(args.dag_id, args.dags_folder, env)
     docs = dag_manifests(
         dag,

@@ -232,7 +232,7 @@ def load_identity_map(path: str | Path | None = None, prod_env: str | None = Non
                 "no identity map: set [dataflow] identity_map (or DATAFLOW_IDENTITY_MAP) to a YAML file giving "
                 "runAsUser/runAsGroup per owner and environment (format: airflow_dataflow.identity.config)"
             )
-    prod_env = prod_env or _setting("prod_env", "prod") or "prod"
+    prod_env = prod_env or _setting("prod_env", "prod")
     path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -326,10 +326,9 @@ class IdentityConfig:
         return cls(
             identity_map=_setting("identity_map", None),
             iam_role_pattern=_setting("iam_role_pattern", None),
-            namespace=_setting("namespace", naming.DEFAULT_NAMESPACE_PATTERN) or naming.DEFAULT_NAMESPACE_PATTERN,
-            launcher_service_account=_setting("launcher_service_account", DEFAULT_LAUNCHER_SERVICE_ACCOUNT)
-            or DEFAULT_LAUNCHER_SERVICE_ACCOUNT,
-            prod_env=_setting("prod_env", "prod") or "prod",
+            namespace=_setting("namespace", naming.DEFAULT_NAMESPACE_PATTERN),
+            launcher_service_account=_setting("launcher_service_account", DEFAULT_LAUNCHER_SERVICE_ACCOUNT),
+            prod_env=_setting("prod_env", "prod"),
         )
 
     def namespace_for(self, env: str) -> str:
@@ -338,9 +337,7 @@ class IdentityConfig:
 
     def load_identity_map(self) -> IdentityMap:
         """Read the configured identity map file."""
-        if not self.identity_map:
-            return load_identity_map(None, self.prod_env)
-        return load_identity_map(self.identity_map, self.prod_env)
+        return load_identity_map(self.identity_map or None, self.prod_env)
 
 
 @dataclass(frozen=True)

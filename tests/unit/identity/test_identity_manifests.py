@@ -14,6 +14,7 @@ import yaml
 from airflow.sdk import DAG, BaseOperator
 
 from airflow_dataflow.dataset import DirectoryDataset
+from airflow_dataflow.exceptions import DataflowError
 from airflow_dataflow.identity.cli import load_dag
 from airflow_dataflow.identity.config import IdentityConfig
 from airflow_dataflow.identity.naming import LABEL_VALUE_RE, is_dns1123_label, service_account_name
@@ -136,6 +137,13 @@ def test_load_dag_uses_the_environment() -> None:
     assert identity_task_ids(dag) == ["aggregate", "clean", "enrich"]
     assert dag.task_dict["clean"].output_dataset.env == "test-alice"
     assert os.environ["DATAFLOW_ENV"] == "prod"  # restored
+
+
+def test_load_dag_without_env_keeps_the_current_one() -> None:
+    dag = load_dag("sales_pipeline", str(EXAMPLES))
+    assert dag.task_dict["clean"].output_dataset.env == os.environ["DATAFLOW_ENV"] == "prod"
+    with pytest.raises(DataflowError, match="no DAG 'nope'"):
+        load_dag("nope", str(EXAMPLES))
 
 
 def test_cli_prints_manifests_for_the_example() -> None:

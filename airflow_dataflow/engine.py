@@ -483,14 +483,10 @@ class Engine:
             self.cache.put_whole(plan.code.key, manifest.digest, plan.code.components())
         elif spec.mode == PER_FILE and produced is not None and produced.num_rows:
             self.cache.put_files(plan.code.key, produced)  # type: ignore[arg-type]
-        self._drop_staging(plan)
+        self.out_storage.drop_meta(self.out_loc, f"staging/{plan.plan_id}")
         stats["digest"] = record.digest
         stats["parent"] = record.parent
         return Result(record=record, stats=stats)
-
-    def _drop_staging(self, plan: Plan) -> None:
-        if self.out_loc.scheme == "file":
-            shutil.rmtree(os.path.join(self.out_loc.store_root, "staging", plan.plan_id), ignore_errors=True)
 
     def execute(
         self,

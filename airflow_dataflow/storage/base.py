@@ -103,6 +103,12 @@ class Storage(ABC):
         """Return the names (relative to ``prefix``) of the files under ``prefix``."""
         raise NotImplementedError(f"{type(self).__name__} does not store cache metadata yet")
 
+    def drop_meta(self, loc: DatasetLocation, prefix: str) -> None:
+        """Remove the scratch metadata under ``prefix`` (staging of a finished run).
+
+        The default keeps it: a backend that cannot delete leaves it to garbage collection.
+        """
+
     # -- checks and repairs (backends that cannot do them keep these defaults) -------
     def damaged(self, loc: DatasetLocation, rows: pa.Table) -> pa.Table:
         """Return the rows (``location``, ``size``, ``mtime_ns``) whose stored bytes are

@@ -214,6 +214,9 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             return None
 
+    def drop_meta(self, loc: DatasetLocation, prefix: str) -> None:
+        shutil.rmtree(os.path.join(loc.store_root, prefix), ignore_errors=True)
+
     def list_meta(self, loc: DatasetLocation, prefix: str) -> list[str]:
         try:
             return sorted(n for n in os.listdir(os.path.join(loc.store_root, prefix)) if ".tmp-" not in n)

@@ -51,7 +51,7 @@ def load_dag(dag_id: str, dags_folder: str | None, env: str | None = None) -> An
 
         folder = dags_folder or settings.DAGS_FOLDER
         if not Path(folder).exists():
-            raise DataflowError(f"DAGs folder {folder} does not exist; pass --dags-folder")
+            raise DataflowError(f"cannot load DAG {dag_id!r}: DAGs folder {folder} does not exist; pass --dags-folder")
         bag = DagBag(dag_folder=folder)
     dag = bag.dags.get(dag_id)
     if dag is None:

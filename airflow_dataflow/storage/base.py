@@ -177,7 +177,8 @@ class Storage(ABC):
         if parent is ...:
             parent = self.read_head(loc)
         self.store_snapshot(loc, manifest)
-        seq = self.log_tail(loc, self.read_head(loc))[0] + 1
+        # numbered after the caller's parent: if HEAD moved meanwhile, swap_head refuses anyway
+        seq = self.log_tail(loc, parent)[0] + 1  # type: ignore[arg-type]
         record = CommitRecord(
             seq=seq,
             digest=manifest.digest,
